@@ -1,0 +1,1 @@
+"""Benchmarks: ``python -m benchmarks.cpu_ratios`` and ``pytest benchmarks/ --benchmark-only``."""

@@ -1,0 +1,114 @@
+"""What every benchmark shares: the floor (DESIGN.md section 4), model builders, timing helpers."""
+
+from __future__ import annotations
+
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+import rgprune_fast as rg
+from rgprune_fast.batches import split_batch
+from rgprune_fast.probe import run_probe
+from rgprune_fast.selection import plan_taps
+
+_TV_LIB = None
+
+
+def import_torchvision():
+    """Import torchvision; on CPU torch with the registry's CUDA build, first register the two op
+    schemas it expects (``torchvision::nms``, ``torchvision::qnms``; DESIGN.md section 6)."""
+    global _TV_LIB
+    try:
+        import torchvision
+    except RuntimeError as e:
+        if "torchvision::nms" not in str(e):
+            raise
+        for mod in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
+            del sys.modules[mod]
+        _TV_LIB = torch.library.Library("torchvision", "DEF")
+        _TV_LIB.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+        _TV_LIB.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+        import torchvision
+    return torchvision
+
+
+def default_modules(model: nn.Module, batch: torch.Tensor) -> list[nn.Module]:
+    """The modules ``rg.score`` scores by default (for the floor's stopping point)."""
+    was_training = model.training
+    model.eval()
+    plans = plan_taps(model, run_probe(model, split_batch(batch[:2], 0)), None, need_group=False)
+    model.train(was_training)
+    return [p.module for p in plans]
+
+
+def floor_step(model: nn.Module, batch: torch.Tensor, g: torch.Tensor, scored: list[nn.Module]) -> None:
+    """The floor: forward + backward of the output gradient ``g`` with every parameter frozen and no
+    taps. Backward reaches exactly as far as a scorer's must: the inputs of the earliest scored
+    modules are made to require grad (as leaves), and nothing earlier is differentiated."""
+    leaves = []
+
+    def pre_hook(module, args):
+        x = args[0]
+        if isinstance(x, torch.Tensor) and not x.requires_grad and x.is_floating_point():
+            x.requires_grad_(True)
+            leaves.append(x)
+
+    handles = [m.register_forward_pre_hook(pre_hook) for m in scored]
+    try:
+        y = model(batch)
+    finally:
+        for h in handles:
+            h.remove()
+    torch.autograd.grad(y, leaves, g)
+
+
+def frozen(model: nn.Module) -> nn.Module:
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model.eval()
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def interleaved_medians(fns: dict[str, Callable[[], object]], repeats: int, warmup: int, device) -> dict[str, float]:
+    """Median seconds per call of each function, measured round-robin so drift hits all alike."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+            sync(device)
+    times = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            sync(device)
+            t0 = time.perf_counter()
+            fn()
+            sync(device)
+            times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True)
+        return out.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def versions() -> str:
+    try:
+        import triton
+
+        tv = triton.__version__
+    except ImportError:
+        tv = "absent"
+    return f"torch {torch.__version__}, triton {tv}, rgprune_fast {rg.__version__}"

@@ -1,0 +1,111 @@
+"""``rgprune_fast.score``: importance of every unit of a network in one pass over the data."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from itertools import chain
+from typing import Any, Union
+
+import torch
+from torch import nn
+
+from . import batches as batching
+from .backends import select_backend
+from .criteria import WEIGHT_METHODS, parse_methods
+from .errors import EmptyDataError
+from .gradients import GradientSpec, OutputGradient, check_gradient
+from .model_state import model_device, preserved, requires_grad
+from .probe import PROBE_EXAMPLES, run_probe
+from .progress import progress_bar
+from .selection import plan_taps, resolve_names
+from .taps import TapSet
+
+Scores = dict[str, torch.Tensor]
+ModuleSpec = Union[str, type, nn.Module]
+
+
+def score(
+    model: nn.Module,
+    data: Any,
+    *,
+    method: str | Sequence[str] = "taylorfo_sq",
+    gradient: GradientSpec = "random",
+    normalize: bool = True,
+    seed: int = 0,
+    modules: ModuleSpec | Sequence[ModuleSpec] | None = None,
+    max_batches: int | None = None,
+    backend: str = "auto",
+    progress: bool = False,
+) -> Scores | dict[str, Scores]:
+    """Score every unit (channel / neuron) of the scored modules of ``model`` over ``data``.
+
+    Args:
+        model: the network; scored in eval mode and left exactly as found (training flags,
+            ``requires_grad``, ``.grad``, buffers; no hooks), also when this raises.
+        data: one batch, or an iterable of batches (DataLoader, list, generator). A batch is a tensor,
+            a tuple/list ``(inputs, targets, ...)`` or a dict of model keyword arguments (targets under
+            ``"labels"``); it is moved to the model's device.
+        method: one of ``taylorfo``, ``taylorfo_abs``, ``taylorfo_sq``, ``molchanov_bn``,
+            ``molchanov_group``, or a list of them (all computed in one pass).
+        gradient: ``"random"`` (N(0, 1), label-free), ``"label"`` (cross-entropy against the targets)
+            or a callable ``(output, batch) -> tensor`` shaped like the output.
+        normalize: scale each output vector of the gradient to unit L2 norm.
+        seed: seed of the random gradient's generator.
+        modules: names, module types or modules to score; default: every BatchNorm and every
+            Conv/Linear whose output does not go straight into a BatchNorm, except the output layer.
+        max_batches: stop after this many batches.
+        backend: ``"auto"`` or an explicit reduction backend (``"torch"``; see ``rgprune_fast.backends``).
+        progress: show a progress bar (tqdm if installed).
+
+    Returns:
+        ``{module_name: float32 CPU tensor [C]}`` in ``named_modules()`` order (float64 for a float64
+        model), or ``{method: {...}}`` when ``method`` is a list.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    methods, single = parse_methods(method)
+    check_gradient(gradient)
+    if torch.is_inference_mode_enabled():
+        raise RuntimeError("score() needs autograd, but it was called inside torch.inference_mode()")
+    device = model_device(model)
+    backend_impl = select_backend(backend, device)
+    output_gradient = OutputGradient(gradient, normalize, seed, device)
+    names = resolve_names(model, modules)
+    raw_batches = batching.iterate(data, max_batches)
+    first = next(raw_batches, None)
+    if first is None:
+        raise EmptyDataError("data yielded no batch; score() needs at least one batch")
+    total = batching.length(data, max_batches)
+    need_group = any(m in WEIGHT_METHODS for m in methods)
+
+    with preserved(model):
+        model.eval()
+        first_batch = batching.split_batch(batching.to_device(first, device), 0)
+        probe = run_probe(model, batching.head(first_batch, PROBE_EXAMPLES))
+        plans = plan_taps(model, probe, names, need_group)
+        del probe
+        taps = TapSet(plans, backend_impl, methods, device)
+        with requires_grad(model.parameters(), False), requires_grad(taps.group_params, True), taps.installed():
+            batches = chain(
+                [first_batch],
+                (batching.split_batch(batching.to_device(b, device), i) for i, b in enumerate(raw_batches, 1)),
+            )
+            for index, batch in enumerate(progress_bar(batches, total, progress)):
+                _score_batch(model, batch, index, taps, output_gradient)
+        results = taps.results(methods)
+    return results[methods[0]] if single else results
+
+
+def _score_batch(model: nn.Module, batch: batching.Batch, index: int, taps: TapSet, output_gradient) -> None:
+    with torch.enable_grad():
+        output = batching.logits_of(batch.call(model))
+        g = output_gradient(output, batch.targets, batch.raw)
+        if not output.requires_grad:
+            raise RuntimeError(f"batch {index}: the model output does not depend on any scored module")
+        inputs = taps.anchors + taps.group_params
+        grads = torch.autograd.grad(output, inputs, g, allow_unused=True)
+    taps.end_batch(index, output.shape[0], _stat_dtype(output), grads[len(taps.anchors) :])
+
+
+def _stat_dtype(output: torch.Tensor) -> torch.dtype:
+    return torch.float64 if output.dtype == torch.float64 else torch.float32

@@ -1,0 +1,19 @@
+"""Exception types raised by rgprune_fast (all subclass a builtin, so ``except ValueError`` works)."""
+
+from __future__ import annotations
+
+
+class EmptyDataError(ValueError):
+    """``data`` yielded no batch (or ``max_batches`` left none)."""
+
+
+class UnsupportedModuleError(RuntimeError):
+    """A scored module's statistics cannot be collected exactly; the message names the module."""
+
+
+class BackendUnavailableError(RuntimeError):
+    """An explicitly requested reduction backend cannot serve this device; the message says why."""
+
+
+class NonFiniteStatisticsError(FloatingPointError):
+    """NaN or Inf appeared in the statistics; the message names the module and the batch."""

@@ -1,0 +1,90 @@
+"""Module type -> how its units are laid out and which weights form its Molchanov weight group.
+
+The first matching entry (``isinstance``) wins; any other module falls back to ``FALLBACK``: units on
+the last dim, no weight group. Extend with :func:`register`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.conv import _ConvNd, _ConvTransposeNd
+from torch.nn.modules.instancenorm import _InstanceNorm
+
+# (parameter, dim of that parameter that indexes the unit)
+WeightGroup = list[tuple[nn.Parameter, int]]
+
+
+@dataclass(frozen=True)
+class ModuleRule:
+    channel_dim: int  # 1 ([N, C, *spatial]) or -1 (last dim: [N, C], [N, T, C])
+    default: bool  # scored when modules=None (subject to the rules in selection.py)
+    weight_group: Callable[[nn.Module], WeightGroup] | None  # the weights of unit c (molchanov_group)
+
+
+def _params(*pairs: tuple[torch.Tensor | None, int]) -> WeightGroup:
+    return [(p, d) for p, d in pairs if isinstance(p, nn.Parameter)]
+
+
+def _affine(m: nn.Module) -> WeightGroup:
+    weight = getattr(m, "weight", None)
+    if isinstance(weight, nn.Parameter) and weight.dim() != 1:
+        return []  # e.g. LayerNorm over several dims: no per-unit vector
+    return _params((weight, 0), (getattr(m, "bias", None), 0))
+
+
+def _conv(m: nn.Module) -> WeightGroup:
+    if isinstance(m, _ConvTransposeNd):
+        if m.groups != 1:
+            return []  # units are spread over weight groups; not supported
+        return _params((m.weight, 1), (m.bias, 0))
+    return _params((m.weight, 0), (m.bias, 0))
+
+
+def _linear(m: nn.Module) -> WeightGroup:
+    return _params((m.weight, 0), (m.bias, 0))
+
+
+_RULES: list[tuple[type, ModuleRule]] = [
+    (_BatchNorm, ModuleRule(1, True, _affine)),
+    (_ConvNd, ModuleRule(1, True, _conv)),
+    (nn.Linear, ModuleRule(-1, True, _linear)),
+    (nn.GroupNorm, ModuleRule(1, False, _affine)),
+    (_InstanceNorm, ModuleRule(1, False, _affine)),
+    (nn.LayerNorm, ModuleRule(-1, False, _affine)),
+]
+FALLBACK = ModuleRule(-1, False, None)
+PRODUCERS = (_ConvNd, nn.Linear)  # what "the Conv/Linear that produces channel c" may be
+
+
+def register(module_type: type, rule: ModuleRule) -> None:
+    """Add (or override) the rule for ``module_type``; it takes precedence over existing entries."""
+    _RULES.insert(0, (module_type, rule))
+
+
+def rule_for(module: nn.Module) -> ModuleRule:
+    for module_type, rule in _RULES:
+        if isinstance(module, module_type):
+            return rule
+    return FALLBACK
+
+
+def is_batchnorm(module: nn.Module) -> bool:
+    return isinstance(module, _BatchNorm)
+
+
+def uses_running_stats(module: nn.Module) -> bool:
+    """A BatchNorm that, in eval mode, computes ``(z - running_mean) * scale + shift``."""
+    return is_batchnorm(module) and module.track_running_stats and module.running_mean is not None
+
+
+RELU_TYPES = (nn.ReLU, nn.ReLU6)
+
+
+def relu_upper(module: nn.Module) -> float | None:
+    """The clamp of a ReLU-family module: ``None`` for ReLU, 6.0 for ReLU6."""
+    return 6.0 if isinstance(module, nn.ReLU6) else None

@@ -1,0 +1,143 @@
+"""Float64 brute-force oracle, independent of the taps (DESIGN.md section 1).
+
+Forward hooks capture every call's output of each scored module and hand a *clone* downstream, so
+in-place ops cannot touch the captured tensor; ``torch.autograd.grad`` gives ``dx`` for the captured
+outputs (and the weight gradients for ``molchanov_group``); criteria come straight from the definitions.
+
+``dtype=torch.float64`` (default) runs a float64 copy of the model: the exact value of the criteria.
+``dtype=None`` keeps the model's own dtype for forward and backward, and only the reductions and
+criteria are float64: the reference for a scorer run on the same model in float32, free of the model's
+own rounding (deep float32 nets drift from their float64 twins by far more than 1e-5).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.conv import _ConvNd
+
+CHANNEL_FIRST = (_BatchNorm, _ConvNd, nn.GroupNorm, nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)
+
+
+def _channel_dim(module, x):
+    return 1 if isinstance(module, CHANNEL_FIRST) else x.dim() - 1
+
+
+def _output_gradient(y, targets, raw_batch, gradient, normalize, generator):
+    y = y.double()
+    if gradient == "label":
+        g = torch.softmax(y.detach(), -1)
+        keep = targets != -100
+        onehot = torch.nn.functional.one_hot(torch.where(keep, targets, 0), y.shape[-1]).double()
+        g = (g - onehot) * keep.unsqueeze(-1)
+    elif gradient == "random":
+        g = torch.randn(y.shape, generator=generator, dtype=torch.float32).double()
+    else:
+        g = gradient(y.detach(), raw_batch).double()
+    if normalize:
+        g = g / (g.norm(dim=-1, keepdim=True) + 1e-12)
+    return g
+
+
+def _group_params(model, names, batch_inputs):
+    """Weights of the Conv/Linear producing each scored module's input (own affine params otherwise)."""
+    made, fed_from, handles = [], {}, []  # made: (output tensor, conv/linear name); kept alive
+
+    def producer(t):
+        return next((n for out, n in made if out is t), None)
+
+    for name, m in model.named_modules():
+        if isinstance(m, (_ConvNd, nn.Linear)):
+            handles.append(m.register_forward_hook(lambda mod, a, out, n=name: made.append((out, n))))
+        if name in names:
+            handles.append(m.register_forward_pre_hook(lambda mod, a, n=name: fed_from.__setitem__(n, producer(a[0]))))
+    with torch.no_grad():
+        model(batch_inputs)
+    for h in handles:
+        h.remove()
+    groups = {}
+    for name in names:
+        m = model.get_submodule(name)
+        owner = (
+            m
+            if isinstance(m, (_ConvNd, nn.Linear))
+            else (model.get_submodule(fed_from[name]) if fed_from.get(name) else m)
+        )
+        groups[name] = [(p, 0) for p in (owner.weight, owner.bias) if p is not None]
+    return groups
+
+
+def oracle_scores(model, batches, names, methods, gradient="random", normalize=True, seed=0, dtype=torch.float64):
+    """``{method: {name: float64 tensor}}`` for ``batches`` of ``(inputs, targets)``."""
+    model = copy.deepcopy(model).eval()
+    if dtype is not None:
+        model = model.to(dtype)
+    model_dtype = next(model.parameters()).dtype
+    batches = [(x.to(model_dtype) if x.is_floating_point() else x, t) for x, t in batches]
+    for p in model.parameters():
+        p.requires_grad_(True)
+    generator = torch.Generator().manual_seed(seed)
+    groups = _group_params(model, names, batches[0][0]) if "molchanov_group" in methods else {}
+    s_rows, group_rows = {n: [] for n in names}, {n: [] for n in names}
+    for inputs, targets in batches:
+        captured = {n: [] for n in names}
+        handles = []
+        for name in names:
+
+            def hook(module, args, out, name=name, captured=captured):
+                captured[name].append((module, out))
+                return out.clone()
+
+            handles.append(model.get_submodule(name).register_forward_hook(hook))
+        y = model(inputs)
+        for h in handles:
+            h.remove()
+        g = _output_gradient(y, targets, (inputs, targets), gradient, normalize, generator)
+        outs = [out for n in names for _, out in captured[n]]
+        params = [p for n in names for p, _ in groups.get(n, [])]
+        grads = torch.autograd.grad(y, outs + params, g.to(y.dtype), allow_unused=True)
+        dx_iter, dp_iter = iter(grads[: len(outs)]), iter(grads[len(outs) :])
+        for name in names:
+            s = 0
+            for module, x in captured[name]:
+                dx = next(dx_iter)
+                x, dx = x.double(), (torch.zeros_like(x) if dx is None else dx).double()
+                cdim = _channel_dim(module, x)
+                dims = [d for d in range(1, x.dim()) if d != cdim]
+                s = s + ((x * dx).sum(dims) if dims else x * dx)
+            s_rows[name].append(s)
+            if name in groups:
+                term = 0
+                for p, _ in groups[name]:
+                    dp = next(dp_iter)
+                    term = term + (p.detach().double() * dp.double()).square().reshape(p.shape[0], -1).sum(1)
+                group_rows[name].append(term)
+    out = {}
+    for method in methods:
+        out[method] = {}
+        for name in names:
+            s_all = torch.cat(s_rows[name])
+            if method == "taylorfo":
+                v = s_all.mean(0).abs()
+            elif method == "taylorfo_abs":
+                v = s_all.abs().mean(0)
+            elif method == "taylorfo_sq":
+                v = s_all.square().mean(0)
+            elif method == "molchanov_bn":
+                v = torch.stack([b.sum(0).square() for b in s_rows[name]]).mean(0)
+            elif method == "molchanov_group":
+                v = torch.stack(group_rows[name]).mean(0)
+            else:
+                raise ValueError(method)
+            out[method][name] = v
+    return out
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Relative error of a whole per-module vector: ||a - b|| / ||b||."""
+    a, b = a.detach().double(), b.detach().double()
+    denom = b.norm()
+    return float((a - b).norm() / denom) if denom > 0 else float((a - b).norm())

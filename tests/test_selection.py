@@ -1,0 +1,81 @@
+"""Default module selection, modules= resolution, and the tap each module gets."""
+
+import models
+import pytest
+from oracle import oracle_scores, rel_err
+from torch import nn
+
+import rgprune_fast as rg
+from rgprune_fast.batches import split_batch
+from rgprune_fast.probe import run_probe
+from rgprune_fast.selection import plan_taps, resolve_names
+
+
+def bn_names(model):
+    return [n for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+def plans_of(name, modules=None):
+    model, data = models.make(name), models.batches(name)
+    probe = run_probe(model, split_batch(data[0], 0))
+    return model, plan_taps(model, probe, resolve_names(model, modules), need_group=False)
+
+
+def expected_default(name, model):
+    if name in ("resnet18", "mobilenet_v2", "conv_bn_relu"):
+        return bn_names(model)
+    if name == "densenet121":
+        keep = set(bn_names(model)) | {
+            n
+            for n, m in model.named_modules()
+            if isinstance(m, nn.Conv2d) and (n.endswith("conv2") or "transition" in n)
+        }
+        return [n for n, _ in model.named_modules() if n in keep]
+    return {"vgg_no_bn": ["0", "2", "5", "9"], "mlp": ["0", "2"], "token_mlp": ["up", "mix"]}[name]
+
+
+@pytest.mark.parametrize(
+    "name", ["conv_bn_relu", "vgg_no_bn", "mlp", "token_mlp", "resnet18", "mobilenet_v2", "densenet121"]
+)
+def test_default_selection(name):
+    model, plans = plans_of(name)
+    assert [p.name for p in plans] == expected_default(name, model)
+
+
+def test_tap_kinds():
+    _, plans = plans_of("resnet18")
+    assert {p.kind for p in plans} == {"batchnorm"}
+    _, plans = plans_of("vgg_no_bn")
+    assert [p.kind for p in plans] == ["relu", "relu", "relu", "relu"]
+    _, plans = plans_of("mlp")
+    assert [p.kind for p in plans] == ["relu", "generic"]  # '2' feeds a GELU
+    _, plans = plans_of("token_mlp")
+    assert [p.kind for p in plans] == ["relu", "generic"]  # 'up' feeds an in-place ReLU on a view
+    _, plans = plans_of("densenet121")
+    kinds = {p.name: p.kind for p in plans}
+    assert kinds["features.denseblock1.denselayer1.conv2"] == "generic"  # concatenated, never modified
+    assert kinds["features.norm5"] == "batchnorm"
+
+
+def test_modules_by_name_type_and_object():
+    model = models.make("resnet18")
+    assert resolve_names(model, "layer1.0.conv1") == ["layer1.0.conv1"]
+    assert resolve_names(model, [model.layer1[0].bn1, "bn1"]) == ["bn1", "layer1.0.bn1"]
+    convs = resolve_names(model, nn.Conv2d)
+    assert convs == [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    data = models.batches("resnet18")
+    scores = rg.score(model, data, modules=[nn.Conv2d, "fc"])
+    assert list(scores) == convs + ["fc"]  # explicit choice may include the output layer
+    assert scores["conv1"].shape == (64,) and scores["fc"].shape == (10,)
+
+
+def test_explicit_modules_outside_the_default_match_oracle():
+    """A conv feeding a BN (scored together with that BN) and a LayerNorm."""
+    methods = ["taylorfo", "taylorfo_sq", "molchanov_group"]
+    for name, modules in [("resnet18", ["conv1", "layer1.0.conv2", "layer1.0.bn2"]), ("token_mlp", ["norm", "up"])]:
+        model, data = models.make(name), models.batches(name)
+        ours = rg.score(model, data, modules=modules, method=methods)
+        ref = oracle_scores(model, data, list(ours["taylorfo"]), methods, "random", True, dtype=None)
+        for m in methods:
+            for k in ref[m]:
+                assert rel_err(ours[m][k], ref[m][k]) <= 1e-5, (m, k)
