@@ -99,6 +99,7 @@ def score(
 def _score_batch(model: nn.Module, batch: batching.Batch, index: int, taps: TapSet, output_gradient) -> None:
     with torch.enable_grad():
         output = batching.logits_of(batch.call(model))
+        taps.check_forward(index)
         g = output_gradient(output, batch.targets, batch.raw)
         if not output.requires_grad:
             raise RuntimeError(f"batch {index}: the model output does not depend on any scored module")

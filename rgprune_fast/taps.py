@@ -61,7 +61,7 @@ class Tap:
                 pairs.append((param, torch.zeros_like(param) if grad is None else grad, dim))
             group = weight_group_term(pairs, s.dtype)
         if self.acc is None:
-            self.acc = ChannelAccumulator(self.plan.channels, self.methods, self.device, s.dtype)
+            self.acc = ChannelAccumulator(self.plan.channels, self.methods, s.device, s.dtype)
         self.acc.update(s, batch, group)
 
 
@@ -121,8 +121,18 @@ class TapSet:
 
         return forward
 
+    def check_forward(self, batch: int) -> None:
+        """After a batch's forward: every output planned for a fused ReLU tap went through its ReLU."""
+        if self._pending_relu:
+            names = sorted({tap.plan.name for _, tap in self._pending_relu.values()})
+            self._pending_relu.clear()
+            raise RuntimeError(
+                f"batch {batch}: the output of module(s) {names} did not go through the ReLU the structure probe "
+                "saw it go through; the model's control flow differs from the probe's (first batch), so the "
+                "statistics would not be exact"
+            )
+
     def end_batch(self, batch: int, examples: int, dtype: torch.dtype, grads: Sequence) -> None:
-        self._pending_relu.clear()
         group_grads = dict(zip(self.group_params, grads))
         for tap in self.taps:
             tap.end_batch(batch, examples, dtype, group_grads)

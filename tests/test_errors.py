@@ -170,3 +170,31 @@ def test_output_without_logits():
 
     with pytest.raises(TypeError, match="cannot find the logits"):
         rg.score(NoLogits(), torch.randn(2, 3))
+
+
+def test_control_flow_that_differs_from_the_probe():
+    class Switches(nn.Module):
+        """Feeds its conv output through the ReLU only on the first batch."""
+
+        def __init__(self):
+            super().__init__()
+            self.conv, self.relu, self.head = nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Linear(4, 2)
+            self.calls = 0
+
+        def forward(self, x):
+            self.calls += 1
+            h = self.conv(x)
+            h = self.relu(h) if self.calls <= 2 else h  # call 1: probe; call 2: batch 0
+            return self.head(h.mean((2, 3)))
+
+    with pytest.raises(RuntimeError, match=r"batch 1: the output of module\(s\) \['conv'\] did not go through"):
+        rg.score(Switches(), [torch.randn(2, 3, 5, 5)] * 3)
+
+
+def test_works_inside_no_grad(small):
+    model, data = small
+    ref = rg.score(model, data)
+    with torch.no_grad():
+        got = rg.score(model, data)
+    for k in ref:
+        assert torch.equal(ref[k], got[k])
