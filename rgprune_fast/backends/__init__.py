@@ -1,11 +1,14 @@
 """Reduction backends and their selection (``backend="auto"|"triton"|"cuda"|"cpp"|"torch"``).
 
-Only the pure-PyTorch backend exists in this version. The others (fused Triton kernels, the
-``rgprune_fast._C`` C++/CUDA extension) are planned; asking for one explicitly raises
-:class:`~rgprune_fast.errors.BackendUnavailableError` that says so, and ``"auto"`` uses ``"torch"``.
+Each backend module exposes ``load(device) -> backend`` that raises
+:class:`~rgprune_fast.errors.BackendUnavailableError` with the reason when it cannot serve tensors on
+``device``. ``"auto"`` tries, in order, the entries of ``AUTO_ORDER`` for the device type and falls
+back to the pure-PyTorch reference, which always works.
 """
 
 from __future__ import annotations
+
+import importlib
 
 import torch
 
@@ -15,20 +18,54 @@ from .torch_ref import TorchBackend
 
 BACKENDS = ("auto", "triton", "cuda", "cpp", "torch")
 
+# backend name -> module (relative to this package) whose load(device) builds it
+_MODULES = {"torch": ".torch_ref"}
 _NOT_IMPLEMENTED = {
     "triton": "the Triton kernels are not implemented in this version of rgprune_fast",
     "cuda": "the CUDA extension (rgprune_fast._C) is not implemented in this version of rgprune_fast",
     "cpp": "the C++ extension (rgprune_fast._C) is not implemented in this version of rgprune_fast",
 }
+AUTO_ORDER = {"cuda": ("triton", "cuda"), "cpu": ("cpp",)}
+
+
+def load_backend(name: str, device: torch.device) -> ReductionBackend:
+    """The backend ``name`` for ``device``; raises :class:`BackendUnavailableError` saying why not."""
+    if name not in _MODULES:
+        raise BackendUnavailableError(f"backend {name!r} cannot score on {device}: {_NOT_IMPLEMENTED[name]}")
+    module = importlib.import_module(_MODULES[name], __name__)
+    return module.load(device)
 
 
 def select_backend(name: str, device: torch.device) -> ReductionBackend:
-    """The backend called ``name`` for tensors on ``device``; raises with the reason if it can't serve."""
+    """The backend called ``name`` (or the best available one for ``"auto"``) for tensors on ``device``."""
     if not isinstance(name, str) or name not in BACKENDS:
         raise ValueError(f"unknown backend {name!r}; valid backends: {', '.join(BACKENDS)}")
-    if name in ("auto", "torch"):
-        return TorchBackend()
-    raise BackendUnavailableError(f"backend {name!r} cannot score on {device}: {_NOT_IMPLEMENTED[name]}")
+    if name != "auto":
+        return load_backend(name, device)
+    for candidate in AUTO_ORDER.get(device.type, ()):
+        try:
+            return load_backend(candidate, device)
+        except BackendUnavailableError:
+            continue
+    return TorchBackend()
 
 
-__all__ = ["BACKENDS", "ReductionBackend", "TorchBackend", "select_backend", "stat_dtype"]
+def why_unavailable(name: str, device: torch.device) -> str | None:
+    """``None`` if backend ``name`` can serve ``device``, else the reason (for diagnostics)."""
+    try:
+        load_backend(name, device)
+    except BackendUnavailableError as e:
+        return str(e)
+    return None
+
+
+__all__ = [
+    "AUTO_ORDER",
+    "BACKENDS",
+    "ReductionBackend",
+    "TorchBackend",
+    "load_backend",
+    "select_backend",
+    "stat_dtype",
+    "why_unavailable",
+]

@@ -45,3 +45,8 @@ class TorchBackend:
             mask = mask & (r < upper)
         dx = torch.where(mask, dr, torch.zeros((), dtype=dr.dtype, device=dr.device))
         return (dx if need_dx else None), self.channel_stats(r, dx, channel_dim)
+
+
+def load(device: torch.device) -> TorchBackend:
+    """The torch backend serves every device."""
+    return TorchBackend()
