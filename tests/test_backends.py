@@ -1,17 +1,24 @@
-"""The reduction contract of the torch backend against a float64 brute force, over layouts, dtypes,
-odd shapes and strides (the same matrix the fused backends will be held to)."""
+"""The reduction contract (rgprune_fast/backends/base.py) of every backend available here against a
+float64 brute force, over layouts, dtypes, odd shapes and strides, with poisoned memory around.
+
+A backend joins this matrix by being listed in ``CPU_BACKENDS`` (``tests/backends_available.py``)."""
 
 import pytest
 import torch
+from backends_available import CPU_BACKENDS
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from oracle import rel_err
 
-from rgprune_fast.backends import TorchBackend, select_backend
+from rgprune_fast.backends import load_backend, select_backend
 from rgprune_fast.errors import BackendUnavailableError
 
-backend = TorchBackend()
 LOW = (torch.bfloat16, torch.float16)
+
+
+@pytest.fixture(params=CPU_BACKENDS)
+def backend(request):
+    return load_backend(request.param, torch.device("cpu"))
 
 
 def reference_stats(x, dx, channel_dim):
@@ -54,7 +61,7 @@ DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("n,c,p", [(2, 5, 7), (1, 1, 1), (3, 3, 4099), (4, 64, 1)])
-def test_channel_stats(layout, dtype, n, c, p):
+def test_channel_stats(backend, layout, dtype, n, c, p):
     x, cdim = LAYOUTS[layout](n, c, p)
     x = x.to(dtype)
     dx = torch.randn_like(x, dtype=torch.float32).to(dtype)
@@ -79,7 +86,7 @@ BN_SHAPES = [  # (shape, channels_last)
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("shape,channels_last", BN_SHAPES)
-def test_batchnorm_stats(shape, dtype, channels_last):
+def test_batchnorm_stats(backend, shape, dtype, channels_last):
     c = shape[1]
     z = (torch.randn(shape) * 2 + 3).to(dtype)
     if channels_last:
@@ -121,7 +128,7 @@ def test_batchnorm_stats(shape, dtype, channels_last):
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("upper", [None, 6.0])
 @pytest.mark.parametrize("layout", ["nchw", "channels_last", "nc", "ntc"])
-def test_relu_stats(layout, dtype, upper):
+def test_relu_stats(backend, layout, dtype, upper):
     x, cdim = LAYOUTS[layout](3, 4, 9)
     x = (x * 5).to(dtype)
     x[0, 0] = 0  # exact zeros: the mask boundary
@@ -146,14 +153,31 @@ def test_channel_stats_any_shape(n, c, spatial, channel_last):
     shape = [n] + (spatial + [c] if channel_last else [c] + spatial)
     x, dx = torch.randn(shape), torch.randn(shape)
     cdim = len(shape) - 1 if channel_last else 1
-    check(backend.channel_stats(x, dx, cdim), x, dx, cdim, torch.float32)
+    for name in CPU_BACKENDS:
+        check(load_backend(name, torch.device("cpu")).channel_stats(x, dx, cdim), x, dx, cdim, torch.float32)
+
+
+def test_inputs_not_written_and_outputs_fresh(backend):
+    """Inputs are read-only; outputs never alias them (poisoned copies must stay bit-identical)."""
+    x = torch.randn(2, 3, 5, 4)
+    dx = torch.randn_like(x)
+    x0, dx0 = x.clone(), dx.clone()
+    s = backend.channel_stats(x, dx, 1)
+    mean, scale, shift = torch.zeros(3), torch.ones(3), torch.zeros(3)
+    dz, s_bn = backend.batchnorm_stats(x, dx, mean, scale, shift, need_dz=True)
+    r = torch.relu(x)
+    r0 = r.clone()
+    dr, s_relu = backend.relu_stats(r, dx, None, 1, need_dx=True)
+    assert torch.equal(x, x0) and torch.equal(dx, dx0) and torch.equal(r, r0)
+    for out in (s, dz, s_bn, dr, s_relu):
+        assert out.untyped_storage().data_ptr() not in {t.untyped_storage().data_ptr() for t in (x, dx, r)}
+    torch.testing.assert_close(s, s_bn, rtol=1e-6, atol=1e-6)  # scale 1, shift 0: x itself
 
 
 def test_backend_selection():
-    assert select_backend("auto", torch.device("cpu")).name == "torch"
     assert select_backend("torch", torch.device("cpu")).name == "torch"
-    for name in ("triton", "cuda", "cpp"):
-        with pytest.raises(BackendUnavailableError, match="not implemented"):
-            select_backend(name, torch.device("cpu"))
+    assert select_backend("auto", torch.device("cpu")).name in CPU_BACKENDS
+    with pytest.raises(BackendUnavailableError, match="cuda"):
+        select_backend("cuda", torch.device("cpu"))
     with pytest.raises(ValueError, match="unknown backend 'nope'.*auto, triton, cuda, cpp, torch"):
         select_backend("nope", torch.device("cpu"))
