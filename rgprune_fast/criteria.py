@@ -33,9 +33,13 @@ def parse_methods(method: str | Sequence[str]) -> tuple[list[str], bool]:
 
 
 class ChannelAccumulator:
-    """Running sums for one scored module (``C`` channels) over the batches of one ``score`` call."""
+    """Running sums for one scored module (``C`` channels) over the batches of one ``score`` call.
 
-    def __init__(self, channels: int, methods: Sequence[str], device: torch.device, dtype: torch.dtype):
+    ``fold`` is a backend's fused ``fold(s, accumulator, batch)`` (one launch per batch) or ``None`` for
+    :func:`fold_torch`; both update the same on-device tensors.
+    """
+
+    def __init__(self, channels: int, methods: Sequence[str], device: torch.device, dtype: torch.dtype, fold=None):
         zeros = lambda: torch.zeros(channels, device=device, dtype=dtype)  # noqa: E731
         self.methods = list(methods)
         self.sum_s = zeros()  # always kept: any NaN/Inf in s makes it non-finite
@@ -43,30 +47,26 @@ class ChannelAccumulator:
         self.sum_sq = zeros() if "taylorfo_sq" in methods else None
         self.sum_batch_sq = zeros() if "molchanov_bn" in methods else None
         self.sum_group = zeros() if "molchanov_group" in methods else None
-        # Index of the first batch with a non-finite value, -1 if none; kept on device (no sync).
-        self.first_bad_batch = torch.full((), -1, device=device, dtype=torch.long)
+        # Per channel: index of the first batch with a non-finite value, -1 if none (no sync needed).
+        self.first_bad = torch.full((channels,), -1, device=device, dtype=torch.int64)
+        self.fold = fold or fold_torch
         self.examples = 0
         self.batches = 0
 
-    def _flag(self, value: torch.Tensor, batch: int) -> None:
-        bad = ~torch.isfinite(value).all()
-        self.first_bad_batch = torch.where(bad & (self.first_bad_batch < 0), batch, self.first_bad_batch)
-
     def update(self, s: torch.Tensor, batch: int, group: torch.Tensor | None = None) -> None:
         """Fold one batch in: ``s`` is ``[N, C]``; ``group`` is this batch's ``[C]`` weight-group term."""
-        batch_sum = s.sum(0)  # any NaN/Inf in s makes this non-finite
-        self._flag(batch_sum if group is None else torch.stack([batch_sum, group]), batch)
-        self.sum_s += batch_sum
-        if self.sum_abs is not None:
-            self.sum_abs += s.abs().sum(0)
-        if self.sum_sq is not None:
-            self.sum_sq += s.square().sum(0)
-        if self.sum_batch_sq is not None:
-            self.sum_batch_sq += batch_sum.square()
-        if self.sum_group is not None:
+        self.fold(s, self, batch)
+        if group is not None:
+            self.first_bad = torch.where((self.first_bad < 0) & ~torch.isfinite(group), batch, self.first_bad)
             self.sum_group += group
         self.examples += s.shape[0]
         self.batches += 1
+
+    def first_bad_batch(self) -> torch.Tensor:
+        """Device scalar: the first batch with a non-finite value in any channel, or -1."""
+        never = torch.iinfo(torch.int64).max
+        first = torch.where(self.first_bad >= 0, self.first_bad, never).min()
+        return torch.where(first == never, -1, first)
 
     def result(self, method: str) -> torch.Tensor:
         """The criterion's value per channel, on the accumulators' device."""
@@ -82,6 +82,19 @@ class ChannelAccumulator:
         if method == "molchanov_group":
             return self.sum_group / b
         raise ValueError(f"unknown method {method!r}")
+
+
+def fold_torch(s: torch.Tensor, acc: ChannelAccumulator, batch: int) -> None:
+    """The reference criteria update in plain torch ops (a few tiny launches per module and batch)."""
+    batch_sum = s.sum(0)  # any NaN/Inf in s makes its column sum non-finite
+    acc.first_bad = torch.where((acc.first_bad < 0) & ~torch.isfinite(batch_sum), batch, acc.first_bad)
+    acc.sum_s += batch_sum
+    if acc.sum_abs is not None:
+        acc.sum_abs += s.abs().sum(0)
+    if acc.sum_sq is not None:
+        acc.sum_sq += s.square().sum(0)
+    if acc.sum_batch_sq is not None:
+        acc.sum_batch_sq += batch_sum.square()
 
 
 def weight_group_term(weights: Sequence[tuple[torch.Tensor, torch.Tensor, int]], dtype: torch.dtype) -> torch.Tensor:

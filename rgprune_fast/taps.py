@@ -61,7 +61,9 @@ class Tap:
                 pairs.append((param, torch.zeros_like(param) if grad is None else grad, dim))
             group = weight_group_term(pairs, s.dtype)
         if self.acc is None:
-            self.acc = ChannelAccumulator(self.plan.channels, self.methods, s.device, s.dtype)
+            self.acc = ChannelAccumulator(
+                self.plan.channels, self.methods, s.device, s.dtype, getattr(self.backend, "fold_criteria", None)
+            )
         self.acc.update(s, batch, group)
 
 
@@ -139,7 +141,7 @@ class TapSet:
 
     def results(self, methods: Sequence[str]) -> dict[str, dict[str, torch.Tensor]]:
         """``{method: {module: tensor}}`` on the CPU: all synchronisation of the call happens here."""
-        first_bad = torch.stack([t.acc.first_bad_batch for t in self.taps]).cpu().tolist()
+        first_bad = torch.stack([t.acc.first_bad_batch() for t in self.taps]).cpu().tolist()
         bad = [(b, t.plan.name) for b, t in zip(first_bad, self.taps) if b >= 0]
         if bad:
             batch, name = min(bad)

@@ -1,5 +1,13 @@
-import pytest
+import os
+
 import torch
+
+# Without a GPU, the Triton kernels are tested under the Triton interpreter; it must be switched on
+# before any kernel is defined (i.e. before rgprune_fast.backends.triton* is imported).
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

@@ -16,6 +16,10 @@ Three entry points, so that the taps never need to keep a copy of ``x``:
   ``sum x * dx`` because ``r == x`` wherever the mask is 1).
 
 Per-channel vectors (``mean``, ``scale``, ``shift``) come in the statistics dtype.
+
+Optionally a backend fuses the criteria update: ``fold_criteria(s, acc, batch)`` adds one batch's
+``s`` into the sums of a :class:`~rgprune_fast.criteria.ChannelAccumulator` exactly as
+:func:`~rgprune_fast.criteria.fold_torch` does (one launch instead of several).
 """
 
 from __future__ import annotations

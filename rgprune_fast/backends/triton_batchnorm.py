@@ -1,0 +1,87 @@
+"""Triton: fused eval-mode BatchNorm backward that also yields the statistic (kernel, launcher, op,
+reference).
+
+With ``x = (z - mean) * scale + shift`` per channel, one pass over the BN input ``z`` (kept by
+autograd anyway) and the incoming ``dy`` writes ``dz = dy * scale`` and reduces
+``s = scale * sum_p (z - mean) * dy + shift * sum_p dy`` (centred, so a large running mean does not
+cancel against the shift term). ``x`` itself is never stored.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from . import triton_common as common
+from .triton_common import downcast
+
+
+@triton.jit
+def batchnorm_stats_kernel(
+    z_ptr, dy_ptr, dz_ptr, mean_ptr, scale_ptr, shift_ptr, partial_ptr,
+    C, P, p_per_split,
+    szn, szc, szp, sdn, sdc, sdp, son, soc, sop,
+    ACC: tl.constexpr, NEED_DZ: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
+):  # fmt: skip
+    n = tl.program_id(0).to(tl.int64)
+    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    split = tl.program_id(2)
+    c_ok = c < C
+    c64 = c.to(tl.int64)
+    mean = tl.load(mean_ptr + c, mask=c_ok, other=0.0).to(ACC)
+    scale = tl.load(scale_ptr + c, mask=c_ok, other=0.0).to(ACC)
+    shift = tl.load(shift_ptr + c, mask=c_ok, other=0.0).to(ACC)
+    p_begin = split * p_per_split
+    p_end = tl.minimum(p_begin + p_per_split, P)
+    centred_dot = tl.zeros([BLOCK_C, BLOCK_P], dtype=ACC)
+    dy_sum = tl.zeros([BLOCK_C, BLOCK_P], dtype=ACC)
+    for p0 in range(p_begin, p_end, BLOCK_P):
+        p = (p0 + tl.arange(0, BLOCK_P)).to(tl.int64)
+        ok = c_ok[:, None] & (p < p_end)[None, :]
+        z = tl.load(z_ptr + n * szn + c64[:, None] * szc + p[None, :] * szp, mask=ok, other=0.0).to(ACC)
+        dy = tl.load(dy_ptr + n * sdn + c64[:, None] * sdc + p[None, :] * sdp, mask=ok, other=0.0).to(ACC)
+        centred_dot += (z - mean[:, None]) * dy  # dy is 0 outside the tile
+        dy_sum += dy
+        if NEED_DZ:
+            out = dz_ptr + n * son + c64[:, None] * soc + p[None, :] * sop
+            tl.store(out, downcast(dy * scale[:, None], dz_ptr.dtype.element_ty), mask=ok)
+    s = scale * tl.sum(centred_dot, axis=1) + shift * tl.sum(dy_sum, axis=1)
+    num_splits = tl.num_programs(2)
+    tl.store(partial_ptr + (n * C + c64) * num_splits + split, s, mask=c_ok)
+
+
+def batchnorm_stats_op(
+    z: torch.Tensor, dy: torch.Tensor, mean: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor,
+    need_dz: bool, split: int,
+) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """``(dz, s)``; ``dz`` is an empty ``[0]`` tensor when ``need_dz`` is false."""
+    zv, dv = common.as_ncp(z, 1), common.as_ncp(dy, 1)
+    n, c, p = zv.shape
+    dz = common.new_empty_like(dy) if need_dz else dy.new_empty(0)
+    ov = common.as_ncp(dz, 1) if need_dz else dv
+    block_c, block_p = common.tiles(zv)
+    blocks = triton.cdiv(c, block_c)
+    if split <= 0:
+        split = common.default_split(n * blocks, p, block_p, z.device)
+    acc = common.acc_dtype(z.dtype)
+    partial = common.new_empty((n, c, split), acc, z.device)
+    common.launcher(batchnorm_stats_kernel)[(n, blocks, split)](
+        zv, dv, ov if need_dz else dv, mean, scale, shift, partial,
+        c, p, triton.cdiv(max(p, 1), split), *zv.stride(), *dv.stride(), *ov.stride(),
+        ACC=tl.float64 if acc == torch.float64 else tl.float32, NEED_DZ=need_dz, BLOCK_C=block_c, BLOCK_P=block_p,
+    )  # fmt: skip
+    return dz, common.finish_split(partial)
+
+
+batchnorm_stats_op = common.register("triton_batchnorm_stats", batchnorm_stats_op)
+
+
+def batchnorm_stats_reference(z, dy, mean, scale, shift):
+    """What the kernel computes, in plain torch."""
+    acc = common.acc_dtype(z.dtype)
+    view = [1, -1] + [1] * (z.dim() - 2)
+    dims = list(range(2, z.dim()))
+    x = (z.to(acc) - mean.view(view)) * scale.view(view) + shift.view(view)
+    prod = x * dy.to(acc)
+    return (dy.to(acc) * scale.view(view)).to(dy.dtype), prod.sum(dims) if dims else prod

@@ -1,0 +1,82 @@
+"""Triton: fused ReLU / ReLU6 backward that also yields the statistic (kernel, launcher, op, reference).
+
+From the ReLU output ``r`` (kept by autograd anyway) and ``dr``: ``dx = dr * [0 < r < upper]`` and
+``s = sum_p r * dx``, which equals ``sum_p x * dx`` because ``r == x`` wherever the mask is 1.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from . import triton_common as common
+
+
+@triton.jit
+def relu_stats_kernel(
+    r_ptr, dr_ptr, dx_ptr, partial_ptr,
+    C, P, p_per_split, upper,
+    srn, src, srp, sdn, sdc, sdp, son, soc, sop,
+    ACC: tl.constexpr, HAS_UPPER: tl.constexpr, NEED_DX: tl.constexpr,
+    BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
+):  # fmt: skip
+    n = tl.program_id(0).to(tl.int64)
+    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    split = tl.program_id(2)
+    c_ok = c < C
+    c64 = c.to(tl.int64)
+    p_begin = split * p_per_split
+    p_end = tl.minimum(p_begin + p_per_split, P)
+    acc = tl.zeros([BLOCK_C, BLOCK_P], dtype=ACC)
+    for p0 in range(p_begin, p_end, BLOCK_P):
+        p = (p0 + tl.arange(0, BLOCK_P)).to(tl.int64)
+        ok = c_ok[:, None] & (p < p_end)[None, :]
+        r = tl.load(r_ptr + n * srn + c64[:, None] * src + p[None, :] * srp, mask=ok, other=0.0)
+        dr = tl.load(dr_ptr + n * sdn + c64[:, None] * sdc + p[None, :] * sdp, mask=ok, other=0.0)
+        keep = r > 0
+        if HAS_UPPER:
+            keep = keep & (r < upper)
+        dx = tl.where(keep, dr, tl.zeros_like(dr))
+        if NEED_DX:
+            tl.store(dx_ptr + n * son + c64[:, None] * soc + p[None, :] * sop, dx, mask=ok)
+        acc += r.to(ACC) * dx.to(ACC)
+    s = tl.sum(acc, axis=1)
+    num_splits = tl.num_programs(2)
+    tl.store(partial_ptr + (n * C + c64) * num_splits + split, s, mask=c_ok)
+
+
+def relu_stats_op(
+    r: torch.Tensor, dr: torch.Tensor, upper: float, has_upper: bool, channel_dim: int, need_dx: bool, split: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(dx, s)``; ``dx`` is an empty ``[0]`` tensor when ``need_dx`` is false."""
+    rv, dv = common.as_ncp(r, channel_dim), common.as_ncp(dr, channel_dim)
+    n, c, p = rv.shape
+    dx = common.new_empty_like(dr) if need_dx else dr.new_empty(0)
+    ov = common.as_ncp(dx, channel_dim) if need_dx else dv
+    block_c, block_p = common.tiles(rv)
+    blocks = triton.cdiv(c, block_c)
+    if split <= 0:
+        split = common.default_split(n * blocks, p, block_p, r.device)
+    acc = common.acc_dtype(r.dtype)
+    partial = common.new_empty((n, c, split), acc, r.device)
+    common.launcher(relu_stats_kernel)[(n, blocks, split)](
+        rv, dv, ov, partial, c, p, triton.cdiv(max(p, 1), split), float(upper),
+        *rv.stride(), *dv.stride(), *ov.stride(),
+        ACC=tl.float64 if acc == torch.float64 else tl.float32, HAS_UPPER=has_upper, NEED_DX=need_dx,
+        BLOCK_C=block_c, BLOCK_P=block_p,
+    )  # fmt: skip
+    return dx, common.finish_split(partial)
+
+
+relu_stats_op = common.register("triton_relu_stats", relu_stats_op)
+
+
+def relu_stats_reference(r, dr, upper, channel_dim):
+    """What the kernel computes, in plain torch."""
+    keep = (r > 0) if upper is None else (r > 0) & (r < upper)
+    dx = torch.where(keep, dr, torch.zeros((), dtype=dr.dtype))
+    acc = common.acc_dtype(r.dtype)
+    dims = [d for d in range(1, r.dim()) if d != channel_dim]
+    prod = r.to(acc) * dx.to(acc)
+    return dx, prod.sum(dims) if dims else prod
