@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 import rgprune_fast as rg
-from rgprune_fast.batches import split_batch
+from rgprune_fast.batches import logits_of, split_batch
 from rgprune_fast.probe import run_probe
 from rgprune_fast.selection import plan_taps
 
@@ -60,7 +60,7 @@ def floor_step(model: nn.Module, batch: torch.Tensor, g: torch.Tensor, scored: l
 
     handles = [m.register_forward_pre_hook(pre_hook) for m in scored]
     try:
-        y = model(batch)
+        y = logits_of(model(batch))
     finally:
         for h in handles:
             h.remove()
