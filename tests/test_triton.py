@@ -130,3 +130,23 @@ def test_explicit_triton_on_cpu_without_interpreter(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     with pytest.raises(rg.BackendUnavailableError, match="CUDA devices"):
         triton_backend.load(torch.device("cpu"))
+
+
+def test_rgprune_fast_works_without_triton():
+    """Triton is optional: with it unimportable, scoring works and backend='triton' says why not."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['triton'] = None\n"
+        "import torch, rgprune_fast as rg\n"
+        "m = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))\n"
+        "print(sorted(rg.score(m, torch.randn(3, 4))))\n"
+        "try:\n"
+        "    rg.score(m, torch.randn(3, 4), backend='triton')\n"
+        "except rg.BackendUnavailableError as e:\n"
+        "    print('unavailable:', e)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "['0']" in out
+    assert "triton is not installed" in out
