@@ -3,6 +3,7 @@
 from .api import score
 from .criteria import METHODS
 from .errors import BackendUnavailableError, EmptyDataError, NonFiniteStatisticsError, UnsupportedModuleError
+from .units import Unit
 
 __version__ = "0.1.0"
 
@@ -11,6 +12,7 @@ __all__ = [
     "BackendUnavailableError",
     "EmptyDataError",
     "NonFiniteStatisticsError",
+    "Unit",
     "UnsupportedModuleError",
     "__version__",
     "score",

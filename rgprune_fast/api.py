@@ -17,11 +17,12 @@ from .gradients import GradientSpec, OutputGradient, check_gradient
 from .model_state import model_device, preserved, requires_grad
 from .probe import PROBE_EXAMPLES, run_probe
 from .progress import progress_bar
-from .selection import plan_taps, resolve_names
+from .selection import plan_taps, resolve_units
 from .taps import TapSet
+from .units import Unit
 
 Scores = dict[str, torch.Tensor]
-ModuleSpec = Union[str, type, nn.Module]
+ModuleSpec = Union[str, type, nn.Module, Unit]
 
 
 def score(
@@ -70,7 +71,7 @@ def score(
     device = model_device(model)
     backend_impl = select_backend(backend, device)
     output_gradient = OutputGradient(gradient, normalize, seed, device)
-    names = resolve_names(model, modules)
+    units = resolve_units(model, modules)
     raw_batches = batching.iterate(data, max_batches)
     first = next(raw_batches, None)
     if first is None:
@@ -82,7 +83,7 @@ def score(
         model.eval()
         first_batch = batching.split_batch(batching.to_device(first, device), 0)
         probe = run_probe(model, batching.head(first_batch, PROBE_EXAMPLES))
-        plans = plan_taps(model, probe, names, need_group)
+        plans = plan_taps(model, probe, units, need_group)
         del probe
         taps = TapSet(plans, backend_impl, methods, device)
         with requires_grad(model.parameters(), False), requires_grad(taps.group_params, True), taps.installed():
@@ -97,6 +98,7 @@ def score(
 
 
 def _score_batch(model: nn.Module, batch: batching.Batch, index: int, taps: TapSet, output_gradient) -> None:
+    taps.begin_batch()
     with torch.enable_grad():
         output = batching.logits_of(batch.call(model))
         taps.check_forward(index)

@@ -25,7 +25,7 @@ from .gradients import OutputGradient
 from .model_state import model_device, preserved
 from .probe import PROBE_EXAMPLES, run_probe
 from .progress import progress_bar
-from .selection import plan_taps, resolve_names
+from .selection import plan_taps, resolve_units
 
 
 def score(
@@ -44,7 +44,7 @@ def score(
     methods, single = parse_methods(method)
     device = model_device(model)
     output_gradient = OutputGradient(gradient, normalize, seed, device)
-    names = resolve_names(model, modules)
+    units = resolve_units(model, modules)
     raw = batching.iterate(data, max_batches)
     first = next(raw, None)
     if first is None:
@@ -53,30 +53,14 @@ def score(
     with preserved(model):
         model.eval()
         first_batch = batching.split_batch(batching.to_device(first, device), 0)
-        plans = plan_taps(model, run_probe(model, batching.head(first_batch, PROBE_EXAMPLES)), names, need_group)
+        plans = plan_taps(model, run_probe(model, batching.head(first_batch, PROBE_EXAMPLES)), units, need_group)
         params = list(model.parameters())
         for p in params:
             p.requires_grad_(True)
             p.grad = None
-        stats = {plan.name: [] for plan in plans}
+        stats = {plan.key: [] for plan in plans}
         accs = {}
-
-        def forward_hook(name, channel_dim):
-            def hook(module, args, out):
-                kept = out.detach()
-                cdim = 1 if channel_dim == 1 else out.dim() - 1
-                dims = [d for d in range(1, out.dim()) if d != cdim]
-
-                def grad_hook(grad):
-                    prod = kept.float() * grad.float() if kept.dtype != torch.float64 else kept * grad
-                    stats[name].append(prod.sum(dims) if dims else prod)
-
-                out.register_hook(grad_hook)
-                return out.clone()
-
-            return hook
-
-        handles = [plan.module.register_forward_hook(forward_hook(plan.name, plan.channel_dim)) for plan in plans]
+        handles = [_install(plan, stats[plan.key]) for plan in plans]
         try:
             batches = [first_batch] if first is not None else []
             stream = (batching.split_batch(batching.to_device(b, device), i) for i, b in enumerate(raw, 1))
@@ -84,31 +68,58 @@ def score(
                 output = batching.logits_of(batch.call(model))
                 output.backward(output_gradient(output, batch.targets, batch.raw))
                 for plan in plans:
-                    s = (
-                        sum(stats[plan.name])
-                        if stats[plan.name]
-                        else torch.zeros(output.shape[0], plan.channels, device=device)
-                    )
-                    stats[plan.name].clear()
+                    rows = stats[plan.key]
+                    s = sum(rows) if rows else torch.zeros(output.shape[0], plan.channels, device=device)
+                    rows.clear()
                     group = None
                     if plan.weight_group:
-                        group = weight_group_term(
-                            [
-                                (p, p.grad if p.grad is not None else torch.zeros_like(p), d)
-                                for p, d in plan.weight_group
-                            ],
-                            s.dtype,
-                        )
-                    if plan.name not in accs:
-                        accs[plan.name] = ChannelAccumulator(plan.channels, methods, device, s.dtype)
-                    accs[plan.name].update(s, index, group)
+                        grads = [
+                            (p, p.grad if p.grad is not None else torch.zeros_like(p), d) for p, d in plan.weight_group
+                        ]
+                        group = weight_group_term(grads, s.dtype)
+                    if plan.unit.group > 1:
+                        s = s.view(s.shape[0], -1, plan.unit.group).sum(-1)
+                        group = None if group is None else group.view(-1, plan.unit.group).sum(-1)
+                    if plan.key not in accs:
+                        accs[plan.key] = ChannelAccumulator(plan.units, methods, device, s.dtype)
+                    accs[plan.key].update(s, index, group)
                 for p in params:
                     p.grad = None
         finally:
             for h in handles:
                 h.remove()
-    results = {m: {name: accs[name].result(m).cpu() for name in stats} for m in methods}
+    results = {m: {key: accs[key].result(m).cpu() for key in stats} for m in methods}
     return results[methods[0]] if single else results
+
+
+def _reduce_into(rows: list, kept: torch.Tensor, channel_dim: int):
+    """A tensor hook: ``sum over positions of kept * grad`` per (example, channel), appended to ``rows``."""
+    cdim = 1 if channel_dim == 1 else kept.dim() - 1
+    dims = [d for d in range(1, kept.dim()) if d != cdim]
+
+    def grad_hook(grad):
+        prod = kept.float() * grad.float() if kept.dtype != torch.float64 else kept * grad
+        rows.append(prod.sum(dims) if dims else prod)
+
+    return grad_hook
+
+
+def _install(plan, rows: list):
+    """Hooks that copy the scored tensor: the copy goes on, the untouched original is kept and reduced."""
+    if plan.unit.side == "input":
+
+        def pre_hook(module, args):
+            copy = args[0].clone()  # the module's own input: its gradient through this module only
+            copy.register_hook(_reduce_into(rows, args[0].detach(), plan.channel_dim))
+            return (copy, *args[1:])
+
+        return plan.module.register_forward_pre_hook(pre_hook)
+
+    def hook(module, args, out):
+        out.register_hook(_reduce_into(rows, out.detach(), plan.channel_dim))
+        return out.clone()
+
+    return plan.module.register_forward_hook(hook)
 
 
 def _chain(first, rest):

@@ -104,7 +104,7 @@ class ProbeResult:
         """The Conv/Linear whose pristine output is the input of every call of module ``name``."""
         found = set()
         for call in self.calls.get(name, ()):
-            sources = [c.name for c in self._pristine_sources(call) if isinstance(c.module, registry.PRODUCERS)]
+            sources = [c.name for c in self._pristine_sources(call) if registry.is_producer(c.module)]
             found.add(sources[0] if len(sources) == 1 else None)
         return found.pop() if len(found) == 1 else None
 

@@ -49,6 +49,25 @@ def _linear(m: nn.Module) -> WeightGroup:
     return _params((m.weight, 0), (m.bias, 0))
 
 
+def _hf_conv1d(m: nn.Module) -> WeightGroup:
+    return _params((m.weight, 1), (m.bias, 0))  # transformers' Conv1D: a Linear with weight [in, out]
+
+
+def is_hf_conv1d(module: nn.Module) -> bool:
+    return type(module).__name__ == "Conv1D" and hasattr(module, "nf") and getattr(module, "weight", None) is not None
+
+
+def input_weight_group(module: nn.Module) -> WeightGroup:
+    """The weights that read input channel ``c`` (the Molchanov group of an input unit)."""
+    if isinstance(module, nn.Linear):
+        return _params((module.weight, 1))
+    if isinstance(module, _ConvNd) and not isinstance(module, _ConvTransposeNd) and module.groups == 1:
+        return _params((module.weight, 1))
+    if is_hf_conv1d(module):
+        return _params((module.weight, 0))
+    return []
+
+
 _RULES: list[tuple[type, ModuleRule]] = [
     (_BatchNorm, ModuleRule(1, True, _affine)),
     (_ConvNd, ModuleRule(1, True, _conv)),
@@ -66,11 +85,19 @@ def register(module_type: type, rule: ModuleRule) -> None:
     _RULES.insert(0, (module_type, rule))
 
 
+HF_CONV1D = ModuleRule(-1, True, _hf_conv1d)
+
+
 def rule_for(module: nn.Module) -> ModuleRule:
     for module_type, rule in _RULES:
         if isinstance(module, module_type):
             return rule
-    return FALLBACK
+    return HF_CONV1D if is_hf_conv1d(module) else FALLBACK
+
+
+def is_producer(module: nn.Module) -> bool:
+    """A Conv/Linear (or transformers' Conv1D): what "the Conv/Linear that produces channel c" may be."""
+    return isinstance(module, PRODUCERS) or is_hf_conv1d(module)
 
 
 def is_batchnorm(module: nn.Module) -> bool:

@@ -31,6 +31,8 @@ class Tap:
         self.anchor = torch.zeros((), device=device, requires_grad=True)
         self.batch_s: torch.Tensor | None = None
         self.acc: ChannelAccumulator | None = None
+        self.forward_calls = 0  # this batch: tap applications in forward ...
+        self.backward_calls = 0  # ... and statistics received in backward
 
     def channel_dim(self, t: torch.Tensor) -> int:
         return 1 if self.plan.channel_dim == 1 else t.dim() - 1
@@ -39,20 +41,28 @@ class Tap:
         """Called from backward: one call's ``s`` (several calls of a module in a batch add up)."""
         if self.batch_s is not None and self.batch_s.shape != s.shape:
             raise RuntimeError(
-                f"module {self.plan.name!r} gave statistics of shapes {tuple(self.batch_s.shape)} and "
+                f"{self.plan.key!r} gave statistics of shapes {tuple(self.batch_s.shape)} and "
                 f"{tuple(s.shape)} within one batch"
             )
         self.batch_s = s if self.batch_s is None else self.batch_s + s
+        self.backward_calls += 1
 
     def end_batch(self, batch: int, examples: int, dtype: torch.dtype, group_grads: dict) -> None:
         s = self.batch_s
-        self.batch_s = None
+        applied, received = self.forward_calls, self.backward_calls
+        self.batch_s, self.forward_calls, self.backward_calls = None, 0, 0
+        if applied and not received and self.plan.reachable:
+            raise RuntimeError(
+                f"batch {batch}: {self.plan.key!r} ran in forward but its statistics never arrived in backward, "
+                "although the structure probe saw a gradient path from the output to it. Something cut the "
+                "graph: reentrant gradient checkpointing (use use_reentrant=False) or a detach() on the way"
+            )
         if s is None:  # the module was not reached in this batch: no positions, s = 0
             s = torch.zeros(examples, self.plan.channels, device=self.device, dtype=dtype)
         if s.shape != (examples, self.plan.channels):
             raise RuntimeError(
-                f"module {self.plan.name!r} produced statistics of shape {tuple(s.shape)}, expected "
-                f"({examples}, {self.plan.channels}): its output's dim 0 must be the batch's examples"
+                f"{self.plan.key!r} produced statistics of shape {tuple(s.shape)}, expected "
+                f"({examples}, {self.plan.channels}): the scored tensor's dim 0 must be the batch's examples"
             )
         group = None
         if self.plan.weight_group:
@@ -61,9 +71,13 @@ class Tap:
                 grad = group_grads.get(param)
                 pairs.append((param, torch.zeros_like(param) if grad is None else grad, dim))
             group = weight_group_term(pairs, s.dtype)
+        size = self.plan.unit.group
+        if size > 1:  # e.g. attention heads: sum the channels of a group before any abs/square
+            s = s.view(examples, -1, size).sum(-1)
+            group = None if group is None else group.view(-1, size).sum(-1)
         if self.acc is None:
             self.acc = ChannelAccumulator(
-                self.plan.channels, self.methods, s.device, s.dtype, getattr(self.backend, "fold_criteria", None)
+                self.plan.units, self.methods, s.device, s.dtype, getattr(self.backend, "fold_criteria", None)
             )
         self.acc.update(s, batch, group)
 
@@ -89,6 +103,8 @@ class TapSet:
                 kind, module = tap.plan.kind, tap.plan.module
                 if kind == "batchnorm":
                     overridden.append(override_forward(module, _batchnorm_forward(tap)))
+                elif kind == "input":
+                    handles.append(module.register_forward_pre_hook(_input_hook(tap)))
                 elif kind == "relu":
                     handles.append(module.register_forward_hook(self._remember_for_relu(tap)))
                     for relu in tap.plan.relu_modules:
@@ -120,14 +136,20 @@ class TapSet:
             if pending is None or pending[0] is not x:
                 return original(x)
             tap = pending[1]
+            tap.forward_calls += 1
             return ReluTap.apply(x, tap.anchor, upper, module.inplace, tap)
 
         return forward
 
+    def begin_batch(self) -> None:
+        self._pending_relu.clear()
+        for tap in self.taps:
+            tap.batch_s, tap.forward_calls, tap.backward_calls = None, 0, 0
+
     def check_forward(self, batch: int) -> None:
         """After a batch's forward: every output planned for a fused ReLU tap went through its ReLU."""
         if self._pending_relu:
-            names = sorted({tap.plan.name for _, tap in self._pending_relu.values()})
+            names = sorted({tap.plan.key for _, tap in self._pending_relu.values()})
             self._pending_relu.clear()
             raise RuntimeError(
                 f"batch {batch}: the output of module(s) {names} did not go through the ReLU the structure probe "
@@ -143,7 +165,7 @@ class TapSet:
     def results(self, methods: Sequence[str]) -> dict[str, dict[str, torch.Tensor]]:
         """``{method: {module: tensor}}`` on the CPU: all synchronisation of the call happens here."""
         first_bad = torch.stack([t.acc.first_bad_batch() for t in self.taps]).cpu().tolist()
-        bad = [(b, t.plan.name) for b, t in zip(first_bad, self.taps) if b >= 0]
+        bad = [(b, t.plan.key) for b, t in zip(first_bad, self.taps) if b >= 0]
         if bad:
             batch, name = min(bad)
             others = ", ".join(repr(n) for _, n in sorted(bad)[1:6])
@@ -158,10 +180,10 @@ class TapSet:
                 value = tap.acc.result(m).cpu()
                 if not torch.isfinite(value).all():
                     raise NonFiniteStatisticsError(
-                        f"the {m} scores of module {tap.plan.name!r} overflow {value.dtype} (the statistics "
+                        f"the {m} scores of module {tap.plan.key!r} overflow {value.dtype} (the statistics "
                         "themselves are finite); scale the inputs down or score a float64 copy of the model"
                     )
-                out[m][tap.plan.name] = value
+                out[m][tap.plan.key] = value
         return out
 
 
@@ -169,6 +191,7 @@ def _batchnorm_forward(tap: Tap):
     def forward(module, z):
         with contextlib.suppress(NotImplementedError):  # _BatchNorm subclasses without their own check
             module._check_input_dim(z)
+        tap.forward_calls += 1
         return BatchNormTap.apply(z, tap.anchor, module.weight, module.bias, module, tap)
 
     return forward
@@ -176,7 +199,18 @@ def _batchnorm_forward(tap: Tap):
 
 def _generic_hook(tap: Tap):
     def hook(module, args, out):
+        tap.forward_calls += 1
         return GenericTap.apply(out, tap.anchor, tap)
+
+    return hook
+
+
+def _input_hook(tap: Tap):
+    def hook(module, args):
+        if not args or not isinstance(args[0], torch.Tensor):
+            raise RuntimeError(f"{tap.plan.key!r}: the module's input must be its first positional argument")
+        tap.forward_calls += 1
+        return (GenericTap.apply(args[0], tap.anchor, tap), *args[1:])
 
     return hook
 

@@ -8,7 +8,7 @@ from torch import nn
 import rgprune_fast as rg
 from rgprune_fast.batches import split_batch
 from rgprune_fast.probe import run_probe
-from rgprune_fast.selection import plan_taps, resolve_names
+from rgprune_fast.selection import plan_taps, resolve_units
 
 
 def bn_names(model):
@@ -18,7 +18,7 @@ def bn_names(model):
 def plans_of(name, modules=None):
     model, data = models.make(name), models.batches(name)
     probe = run_probe(model, split_batch(data[0], 0))
-    return model, plan_taps(model, probe, resolve_names(model, modules), need_group=False)
+    return model, plan_taps(model, probe, resolve_units(model, modules), need_group=False)
 
 
 def expected_default(name, model):
@@ -59,9 +59,13 @@ def test_tap_kinds():
 
 def test_modules_by_name_type_and_object():
     model = models.make("resnet18")
-    assert resolve_names(model, "layer1.0.conv1") == ["layer1.0.conv1"]
-    assert resolve_names(model, [model.layer1[0].bn1, "bn1"]) == ["bn1", "layer1.0.bn1"]
-    convs = resolve_names(model, nn.Conv2d)
+
+    def names(spec):
+        return [u.key for u in resolve_units(model, spec)]
+
+    assert names("layer1.0.conv1") == ["layer1.0.conv1"]
+    assert names([model.layer1[0].bn1, "bn1"]) == ["bn1", "layer1.0.bn1"]
+    convs = names(nn.Conv2d)
     assert convs == [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
     data = models.batches("resnet18")
     scores = rg.score(model, data, modules=[nn.Conv2d, "fc"])
