@@ -12,13 +12,15 @@ from torch import nn
 from . import batches as batching
 from .backends import select_backend
 from .criteria import WEIGHT_METHODS, parse_methods
+from .distributed import process_group_active
 from .errors import EmptyDataError
-from .gradients import GradientSpec, OutputGradient, check_gradient
-from .model_state import model_device, preserved, requires_grad
+from .gradients import GradientSpec, OutputGradient, check_gradient, check_seed
+from .model_state import activate_checkpointing, check_materialized, model_device, preserved, requires_grad, unwrap
 from .probe import PROBE_EXAMPLES, run_probe
 from .progress import progress_bar
 from .selection import plan_taps, resolve_units
 from .taps import TapSet
+from .transformer_units import is_causal_lm
 from .units import Unit
 
 Scores = dict[str, torch.Tensor]
@@ -64,13 +66,17 @@ def score(
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    model = unwrap(model)
+    check_materialized(model)
     methods, single = parse_methods(method)
     check_gradient(gradient)
     if torch.is_inference_mode_enabled():
         raise RuntimeError("score() needs autograd, but it was called inside torch.inference_mode()")
     device = model_device(model)
     backend_impl = select_backend(backend, device)
-    output_gradient = OutputGradient(gradient, normalize, seed, device)
+    check_seed(seed)
+    rank_seed = seed + (torch.distributed.get_rank() if process_group_active() else 0)  # ranks draw apart
+    output_gradient = OutputGradient(gradient, normalize, rank_seed, device, shift=is_causal_lm(model))
     units = resolve_units(model, modules)
     raw_batches = batching.iterate(data, max_batches)
     first = next(raw_batches, None)
@@ -81,6 +87,7 @@ def score(
 
     with preserved(model):
         model.eval()
+        activate_checkpointing(model)
         first_batch = batching.split_batch(batching.to_device(first, device), 0)
         probe = run_probe(model, batching.head(first_batch, PROBE_EXAMPLES))
         plans = plan_taps(model, probe, units, need_group)

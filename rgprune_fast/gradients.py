@@ -35,8 +35,13 @@ def check_gradient(gradient: GradientSpec) -> None:
         )
 
 
-def label_gradient(output: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor:
-    """``softmax(output) - onehot(targets)`` over the last dim, in the statistics dtype."""
+def check_seed(seed: int) -> None:
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+
+
+def check_targets(output: torch.Tensor, targets) -> torch.Tensor:
+    """Validate class-index targets against the output; returns them on the output's device."""
     if targets is None:
         raise ValueError(
             "gradient='label' needs targets: pass batches as (inputs, targets) tuples or dicts with a "
@@ -59,8 +64,21 @@ def label_gradient(output: torch.Tensor, targets: torch.Tensor | None) -> torch.
                 f"targets must lie in [0, {classes}) (or be {IGNORE_INDEX}); got min "
                 f"{int(valid.min())}, max {int(valid.max())}"
             )
-    targets = targets.to(output.device)
-    g = torch.softmax(output.detach().to(stat_dtype(output.dtype)), dim=-1)
+    return targets.to(output.device)
+
+
+def shift_targets(targets):
+    """Causal language models: position t predicts token t + 1; the last position predicts nothing."""
+    if not isinstance(targets, torch.Tensor) or targets.dim() < 2:
+        return targets  # check_targets reports it
+    shifted = torch.full_like(targets, IGNORE_INDEX)
+    shifted[:, :-1] = targets[:, 1:]
+    return shifted
+
+
+def label_gradient(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """``softmax(logits) - onehot(targets)`` over the last dim (rows with target -100: zero)."""
+    g = torch.softmax(logits, dim=-1)
     keep = targets != IGNORE_INDEX
     safe = torch.where(keep, targets, 0).long()
     g.scatter_add_(-1, safe.unsqueeze(-1), torch.full_like(g[..., :1], -1.0))
@@ -68,6 +86,7 @@ def label_gradient(output: torch.Tensor, targets: torch.Tensor | None) -> torch.
 
 
 def random_gradient(output: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """i.i.d. N(0, 1) of ``output``'s shape, drawn in float32 (float64 outputs: cast up)."""
     g = torch.randn(output.shape, generator=generator, device=output.device, dtype=torch.float32)
     return g.to(stat_dtype(output.dtype))
 
@@ -77,15 +96,24 @@ def normalize_rows(g: torch.Tensor) -> torch.Tensor:
     return g / (torch.linalg.vector_norm(g, dim=-1, keepdim=True) + EPS)
 
 
-class OutputGradient:
-    """Makes ``g`` for each batch of one ``score`` call (owns the seeded generator)."""
+CHUNK_ELEMENTS = 1 << 26  # rows of larger outputs are made in chunks of about this many elements
 
-    def __init__(self, gradient: GradientSpec, normalize: bool, seed: int, device: torch.device):
+
+class OutputGradient:
+    """Makes ``g`` for each batch of one ``score`` call (owns the seeded generator).
+
+    ``g`` is written straight into a tensor of the output's dtype, a chunk of rows (output vectors) at a
+    time, so that an LLM's ``[N, T, vocab]`` gradient costs one output-sized tensor plus one chunk of
+    float32 scratch. Outputs with at most ``CHUNK_ELEMENTS`` elements are one chunk (the random draws
+    of a chunked output therefore differ from one big draw; both are deterministic).
+    """
+
+    def __init__(self, gradient: GradientSpec, normalize: bool, seed: int, device: torch.device, shift: bool = False):
         check_gradient(gradient)
-        if not isinstance(seed, int) or isinstance(seed, bool):
-            raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+        check_seed(seed)
         self.gradient = gradient
         self.normalize = bool(normalize)
+        self.shift = shift  # causal LM: labels are shifted by one position
         self.generator = torch.Generator(device=device).manual_seed(seed) if gradient == "random" else None
 
     def __call__(self, output: torch.Tensor, targets: torch.Tensor | None, batch: Any) -> torch.Tensor:
@@ -99,10 +127,18 @@ class OutputGradient:
                     f"{tuple(output.shape)}"
                 )
             g = g.to(device=output.device, dtype=stat_dtype(output.dtype))
-        elif self.gradient == "label":
-            g = label_gradient(output, targets)
-        else:
-            g = random_gradient(output, self.generator)
-        if self.normalize:
-            g = normalize_rows(g)
-        return g.to(output.dtype)
+            return (normalize_rows(g) if self.normalize else g).to(output.dtype)
+        if self.gradient == "label":
+            targets = check_targets(output, shift_targets(targets) if self.shift else targets).reshape(-1)
+        acc = stat_dtype(output.dtype)
+        rows = output.detach().reshape(-1, output.shape[-1])
+        g = torch.empty_like(rows, memory_format=torch.contiguous_format)
+        step = max(1, CHUNK_ELEMENTS // max(1, rows.shape[1]))
+        for start in range(0, rows.shape[0], step):
+            chunk = slice(start, start + step)
+            if self.gradient == "label":
+                part = label_gradient(rows[chunk].to(acc), targets[chunk])
+            else:
+                part = random_gradient(rows[chunk], self.generator)
+            g[chunk] = normalize_rows(part) if self.normalize else part
+        return g.view(output.shape)

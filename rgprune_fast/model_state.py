@@ -65,3 +65,34 @@ def override_forward(module: nn.Module, forward: Callable) -> Callable[[], None]
             module.__dict__.pop("forward", None)
 
     return restore
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module that holds the weights: DistributedDataParallel / DataParallel wrappers and
+    ``torch.compile``'s OptimizedModule are scored through the module they wrap (same weights, same
+    scores; the taps need eager module calls)."""
+    while True:
+        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            model = model.module
+        elif type(model).__name__ == "OptimizedModule" and isinstance(getattr(model, "_orig_mod", None), nn.Module):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def check_materialized(model: nn.Module) -> None:
+    for name, t in list(model.named_parameters()) + list(model.named_buffers()):
+        if t.device.type == "meta":
+            raise ValueError(
+                f"{name!r} is on the meta device: the model has no real weights to score. Materialise it first "
+                "(e.g. model.to_empty(device=...) and load_state_dict)"
+            )
+
+
+def activate_checkpointing(model: nn.Module) -> None:
+    """Hugging Face layers checkpoint only when ``gradient_checkpointing and training``; scoring runs in
+    eval mode, so set the ``training`` flag of those layers alone (not of their children: dropout stays
+    off). :func:`preserved` restores it."""
+    for module in model.modules():
+        if getattr(module, "gradient_checkpointing", False) is True:
+            module.training = True

@@ -22,10 +22,11 @@ from . import batches as batching
 from .criteria import WEIGHT_METHODS, ChannelAccumulator, parse_methods, weight_group_term
 from .errors import EmptyDataError
 from .gradients import OutputGradient
-from .model_state import model_device, preserved
+from .model_state import model_device, preserved, unwrap
 from .probe import PROBE_EXAMPLES, run_probe
 from .progress import progress_bar
 from .selection import plan_taps, resolve_units
+from .transformer_units import is_causal_lm
 
 
 def score(
@@ -42,8 +43,9 @@ def score(
 ):
     """Same contract and result as :func:`rgprune_fast.score`, computed the naive way."""
     methods, single = parse_methods(method)
+    model = unwrap(model)
     device = model_device(model)
-    output_gradient = OutputGradient(gradient, normalize, seed, device)
+    output_gradient = OutputGradient(gradient, normalize, seed, device, shift=is_causal_lm(model))
     units = resolve_units(model, modules)
     raw = batching.iterate(data, max_batches)
     first = next(raw, None)

@@ -48,6 +48,7 @@ class Call:
     out_edge: tuple | None = None
     out_version: int = 0
     inplace: bool = False  # an in-place ReLU/ReLU6 module, run out of place by the probe
+    grad_enabled: bool = True  # False: the call ran under no_grad (e.g. reentrant checkpointing)
 
 
 class ProbeResult:
@@ -164,6 +165,7 @@ def run_probe(model: nn.Module, batch: Batch) -> ProbeResult:
             inp = _first_tensor(args)
             call = Call(name, module, inp, _key(_edge(inp)), inp._version if inp is not None else 0)
             call.inplace = isinstance(module, registry.RELU_TYPES) and module.inplace
+            call.grad_enabled = torch.is_grad_enabled()
             open_calls[id(module)].append(call)
 
         return hook

@@ -33,6 +33,11 @@ from .probe import ProbeResult, _edge, _key
 from .transformer_units import transformer_units
 from .units import Unit
 
+NO_GRAD_MESSAGE = (
+    "module {key!r} runs with gradients disabled inside the model's forward (torch.no_grad, or reentrant "
+    "gradient checkpointing: use use_reentrant=False), so its units get no gradient to score"
+)
+
 
 @dataclass
 class TapPlan:
@@ -210,6 +215,8 @@ def plan_taps(model: nn.Module, probe: ProbeResult, units: Sequence[Unit] | None
             raise ValueError(
                 f"module {unit.name!r} ({how}) was not called in the forward pass, so it has no statistics"
             )
+        if not all(c.grad_enabled for c in calls):
+            raise UnsupportedModuleError(NO_GRAD_MESSAGE.format(key=unit.key))
         channel_dim = registry.rule_for(module).channel_dim if unit.side == "output" else -1
         channels = _channels(unit, calls, channel_dim, probe.examples)
         kind, relu_modules = _kind(unit, module, calls, probe)

@@ -17,12 +17,19 @@ from torch import nn
 from . import registry
 from .autograd import BatchNormTap, GenericTap, ReluTap
 from .criteria import ChannelAccumulator, weight_group_term
-from .errors import NonFiniteStatisticsError
+from .distributed import all_reduce_accumulators
+from .errors import NonFiniteStatisticsError, UnsupportedModuleError
 from .model_state import override_forward
-from .selection import TapPlan
+from .selection import NO_GRAD_MESSAGE, TapPlan
 
 
 class Tap:
+    def applied(self) -> None:
+        """A forward application of this tap (inside the model's forward)."""
+        if not torch.is_grad_enabled():
+            raise UnsupportedModuleError(NO_GRAD_MESSAGE.format(key=self.plan.key))
+        self.forward_calls += 1
+
     def __init__(self, plan: TapPlan, backend, methods: Sequence[str], device: torch.device):
         self.plan = plan
         self.backend = backend
@@ -136,7 +143,7 @@ class TapSet:
             if pending is None or pending[0] is not x:
                 return original(x)
             tap = pending[1]
-            tap.forward_calls += 1
+            tap.applied()
             return ReluTap.apply(x, tap.anchor, upper, module.inplace, tap)
 
         return forward
@@ -163,7 +170,9 @@ class TapSet:
             tap.end_batch(batch, examples, dtype, group_grads)
 
     def results(self, methods: Sequence[str]) -> dict[str, dict[str, torch.Tensor]]:
-        """``{method: {module: tensor}}`` on the CPU: all synchronisation of the call happens here."""
+        """``{method: {module: tensor}}`` on the CPU: all synchronisation of the call happens here
+        (after summing the accumulators over ranks when a process group is initialised)."""
+        all_reduce_accumulators([t.acc for t in self.taps])
         first_bad = torch.stack([t.acc.first_bad_batch() for t in self.taps]).cpu().tolist()
         bad = [(b, t.plan.key) for b, t in zip(first_bad, self.taps) if b >= 0]
         if bad:
@@ -191,7 +200,7 @@ def _batchnorm_forward(tap: Tap):
     def forward(module, z):
         with contextlib.suppress(NotImplementedError):  # _BatchNorm subclasses without their own check
             module._check_input_dim(z)
-        tap.forward_calls += 1
+        tap.applied()
         return BatchNormTap.apply(z, tap.anchor, module.weight, module.bias, module, tap)
 
     return forward
@@ -199,7 +208,7 @@ def _batchnorm_forward(tap: Tap):
 
 def _generic_hook(tap: Tap):
     def hook(module, args, out):
-        tap.forward_calls += 1
+        tap.applied()
         return GenericTap.apply(out, tap.anchor, tap)
 
     return hook
@@ -209,7 +218,7 @@ def _input_hook(tap: Tap):
     def hook(module, args):
         if not args or not isinstance(args[0], torch.Tensor):
             raise RuntimeError(f"{tap.plan.key!r}: the module's input must be its first positional argument")
-        tap.forward_calls += 1
+        tap.applied()
         return (GenericTap.apply(args[0], tap.anchor, tap), *args[1:])
 
     return hook

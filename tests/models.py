@@ -106,3 +106,73 @@ def batches(name: str, sizes=(3, 2), seed: int = 0, channels_last: bool = False)
             t = torch.randint(0, classes, (n,), generator=g)
         out.append((x, t))
     return out
+
+
+def import_transformers():
+    """transformers imports torchvision (which needs the CPU op shim first); ``None`` if absent."""
+    import_torchvision()
+    try:
+        import transformers
+    except ImportError:
+        return None
+    transformers.logging.set_verbosity_error()
+    return transformers
+
+
+HF_MODELS = ("llama", "gpt2", "bert", "vit")
+
+
+def hf_model(kind: str, seed: int = 0):
+    """A tiny random-weight Hugging Face model (no download) and its expected default units."""
+    tf = import_transformers()
+    torch.manual_seed(seed)
+    if kind == "llama":  # grouped-query attention: 4 query heads, 2 key/value heads
+        config = tf.LlamaConfig(hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+                                num_key_value_heads=2, vocab_size=61, max_position_embeddings=64)  # fmt: skip
+        model = tf.LlamaForCausalLM(config)
+        units = [(f"model.layers.{i}.{m}:input", n) for i in range(2) for m, n in (("self_attn.o_proj", 4),
+                                                                                  ("mlp.down_proj", 48))]  # fmt: skip
+    elif kind == "gpt2":
+        config = tf.GPT2Config(n_embd=32, n_layer=2, n_head=4, vocab_size=61, n_positions=64, bos_token_id=0,
+                               eos_token_id=0, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)  # fmt: skip
+        model = tf.GPT2LMHeadModel(config)
+        units = [(f"transformer.h.{i}.{m}:input", n) for i in range(2) for m, n in (("attn.c_proj", 4),
+                                                                                   ("mlp.c_proj", 128))]  # fmt: skip
+    elif kind == "bert":
+        config = tf.BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48,
+                               vocab_size=61, num_labels=3, max_position_embeddings=64)  # fmt: skip
+        model = tf.BertForSequenceClassification(config)
+        units = [(f"bert.encoder.layer.{i}.{m}:input", n) for i in range(2)
+                 for m, n in (("attention.output.dense", 4), ("output.dense", 48))]  # fmt: skip
+    elif kind == "vit":
+        config = tf.ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48,
+                              image_size=16, patch_size=4, num_labels=3)  # fmt: skip
+        model = tf.ViTForImageClassification(config)
+        units = [(f"vit.layers.{i}.{m}:input", n) for i in range(2) for m, n in (("attention.o_proj", 4),
+                                                                                ("mlp.fc2", 48))]  # fmt: skip
+    else:
+        raise ValueError(kind)
+    return model.eval(), units
+
+
+def hf_batches(kind: str, sizes=(3, 2), seq: int = 7, seed: int = 0):
+    """``(inputs dict, labels)`` batches; the first LM batch has right padding (mask 0, label -100)."""
+    g = torch.Generator().manual_seed(seed + 1)
+    out = []
+    for b, n in enumerate(sizes):
+        if kind == "vit":
+            out.append(
+                ({"pixel_values": torch.randn(n, 3, 16, 16, generator=g)}, torch.randint(0, 3, (n,), generator=g))
+            )
+            continue
+        ids = torch.randint(0, 61, (n, seq), generator=g)
+        mask = torch.ones(n, seq, dtype=torch.long)
+        if b == 0:
+            mask[0, -2:] = 0
+        inputs = {"input_ids": ids, "attention_mask": mask}
+        if kind == "bert":
+            out.append((inputs, torch.randint(0, 3, (n,), generator=g)))
+        else:
+            labels = torch.where(mask.bool(), ids, -100)
+            out.append((inputs, labels))
+    return out

@@ -55,7 +55,7 @@ def _group_params(model, names, batch_inputs):
         if name in names:
             handles.append(m.register_forward_pre_hook(lambda mod, a, n=name: fed_from.__setitem__(n, producer(a[0]))))
     with torch.no_grad():
-        model(batch_inputs)
+        _call(model, batch_inputs)
     for h in handles:
         h.remove()
     groups = {}
@@ -70,56 +70,104 @@ def _group_params(model, names, batch_inputs):
     return groups
 
 
-def oracle_scores(model, batches, names, methods, gradient="random", normalize=True, seed=0, dtype=torch.float64):
-    """``{method: {name: float64 tensor}}`` for ``batches`` of ``(inputs, targets)``."""
+def _spec(entry):
+    """(key, module name, side, group) of a names entry: a module name or an ``rg.Unit``."""
+    if isinstance(entry, str):
+        return entry, entry, "output", 1
+    return entry.key, entry.name, entry.side, entry.group
+
+
+def _input_weights(module):
+    """Weights reading input channel c: Linear/Conv weight dim 1, transformers' Conv1D weight dim 0."""
+    return [(module.weight, 0 if type(module).__name__ == "Conv1D" else 1)]
+
+
+def _call(model, inputs):
+    out = model(**inputs) if isinstance(inputs, dict) else model(inputs)
+    return out.logits if hasattr(out, "logits") else out
+
+
+def _cast(inputs, dtype):
+    if isinstance(inputs, dict):
+        return {k: _cast(v, dtype) for k, v in inputs.items()}
+    return inputs.to(dtype) if isinstance(inputs, torch.Tensor) and inputs.is_floating_point() else inputs
+
+
+def oracle_scores(
+    model, batches, names, methods, gradient="random", normalize=True, seed=0, dtype=torch.float64, shift=False
+):
+    """``{method: {key: float64 tensor}}`` for ``batches`` of ``(inputs, targets)`` (inputs: a tensor or a
+    dict of model kwargs). ``names``: module names (output units) or ``rg.Unit`` specs. ``shift``: causal
+    LM labels (position t predicts target t + 1)."""
     model = copy.deepcopy(model).eval()
     if dtype is not None:
         model = model.to(dtype)
     model_dtype = next(model.parameters()).dtype
-    batches = [(x.to(model_dtype) if x.is_floating_point() else x, t) for x, t in batches]
+    batches = [(_cast(x, model_dtype), t) for x, t in batches]
     for p in model.parameters():
         p.requires_grad_(True)
+    specs = [_spec(e) for e in names]
     generator = torch.Generator().manual_seed(seed)
-    groups = _group_params(model, names, batches[0][0]) if "molchanov_group" in methods else {}
-    s_rows, group_rows = {n: [] for n in names}, {n: [] for n in names}
+    output_names = [name for _, name, side, _ in specs if side == "output"]
+    producers = _group_params(model, output_names, batches[0][0]) if "molchanov_group" in methods else {}
+    groups = {}
+    if "molchanov_group" in methods:
+        for key, name, side, _ in specs:
+            groups[key] = producers[name] if side == "output" else _input_weights(model.get_submodule(name))
+    s_rows, group_rows = {k: [] for k, *_ in specs}, {k: [] for k, *_ in specs}
     for inputs, targets in batches:
-        captured = {n: [] for n in names}
+        captured = {k: [] for k, *_ in specs}
         handles = []
-        for name in names:
+        for key, name, side, _ in specs:
+            module = model.get_submodule(name)
+            if side == "output":
 
-            def hook(module, args, out, name=name, captured=captured):
-                captured[name].append((module, out))
-                return out.clone()
+                def hook(module, args, out, key=key, captured=captured):
+                    captured[key].append((module, out))
+                    return out.clone()
 
-            handles.append(model.get_submodule(name).register_forward_hook(hook))
-        y = model(inputs)
+                handles.append(module.register_forward_hook(hook))
+            else:
+
+                def pre_hook(module, args, key=key, captured=captured):
+                    copy_ = args[0].clone()  # its gradient: through this module only
+                    captured[key].append((None, copy_))
+                    return (copy_, *args[1:])
+
+                handles.append(module.register_forward_pre_hook(pre_hook))
+        y = _call(model, inputs)
         for h in handles:
             h.remove()
+        if gradient == "label" and shift:
+            shifted = torch.full_like(targets, -100)
+            shifted[:, :-1] = targets[:, 1:]
+            targets = shifted
         g = _output_gradient(y, targets, (inputs, targets), gradient, normalize, generator)
-        outs = [out for n in names for _, out in captured[n]]
-        params = [p for n in names for p, _ in groups.get(n, [])]
+        outs = [out for k, *_ in specs for _, out in captured[k]]
+        params = [p for k, *_ in specs for p, _ in groups.get(k, [])]
         grads = torch.autograd.grad(y, outs + params, g.to(y.dtype), allow_unused=True)
         dx_iter, dp_iter = iter(grads[: len(outs)]), iter(grads[len(outs) :])
-        for name in names:
+        for key, _, _, size in specs:
             s = 0
-            for module, x in captured[name]:
+            for module, x in captured[key]:
                 dx = next(dx_iter)
                 x, dx = x.double(), (torch.zeros_like(x) if dx is None else dx).double()
-                cdim = _channel_dim(module, x)
+                cdim = _channel_dim(module, x) if module is not None else x.dim() - 1
                 dims = [d for d in range(1, x.dim()) if d != cdim]
                 s = s + ((x * dx).sum(dims) if dims else x * dx)
-            s_rows[name].append(s)
-            if name in groups:
+            s_rows[key].append(s.view(s.shape[0], -1, size).sum(-1))
+            if key in groups:
                 term = 0
-                for p, _ in groups[name]:
+                for p, dim in groups[key]:
                     dp = next(dp_iter)
-                    term = term + (p.detach().double() * dp.double()).square().reshape(p.shape[0], -1).sum(1)
-                group_rows[name].append(term)
+                    contrib = (p.detach().double() * dp.double()).square()
+                    term = term + contrib.movedim(dim, 0).reshape(p.shape[dim], -1).sum(1)
+                group_rows[key].append(term.view(-1, size).sum(-1))
     out = {}
     for method in methods:
         out[method] = {}
-        for name in names:
-            s_all = torch.cat(s_rows[name])
+        for key, *_ in specs:
+            s_all = torch.cat(s_rows[key])
             if method == "taylorfo":
                 v = s_all.mean(0).abs()
             elif method == "taylorfo_abs":
@@ -127,12 +175,12 @@ def oracle_scores(model, batches, names, methods, gradient="random", normalize=T
             elif method == "taylorfo_sq":
                 v = s_all.square().mean(0)
             elif method == "molchanov_bn":
-                v = torch.stack([b.sum(0).square() for b in s_rows[name]]).mean(0)
+                v = torch.stack([b.sum(0).square() for b in s_rows[key]]).mean(0)
             elif method == "molchanov_group":
-                v = torch.stack(group_rows[name]).mean(0)
+                v = torch.stack(group_rows[key]).mean(0)
             else:
                 raise ValueError(method)
-            out[method][name] = v
+            out[method][key] = v
     return out
 
 
