@@ -219,6 +219,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--batches-per-call", type=int, default=4)
     ap.add_argument("--max-minutes", type=float, default=7.5, help="skip the remaining configs after this long")
     ap.add_argument("--no-kernels", action="store_true")
+    ap.add_argument("--llm", action="store_true", help="also run benchmarks.llm (Llama-2-7B shape, several minutes)")
     args = ap.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     quick = args.quick or device.type != "cuda"
@@ -245,6 +246,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     (args.out / "results.md").write_text(markdown)
     report.plots(rows, args.out)
     print(markdown)
+    if args.llm:
+        from . import llm
+
+        llm.main(["--out", str(args.out)] + (["--quick"] if quick else []))
     print(f"suite finished in {time.monotonic() - started:.0f} s; wrote {args.out}/results.json, results.md, *.png")
     return rows
 
