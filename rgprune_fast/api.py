@@ -10,8 +10,9 @@ import torch
 from torch import nn
 
 from . import batches as batching
+from . import mc_gradient
 from .backends import select_backend
-from .criteria import WEIGHT_METHODS, parse_methods
+from .criteria import MC_METHOD, WEIGHT_METHODS, parse_methods
 from .distributed import process_group_active
 from .errors import EmptyDataError
 from .gradients import GradientSpec, OutputGradient, check_gradient, check_seed
@@ -39,6 +40,11 @@ def score(
     max_batches: int | None = None,
     backend: str = "auto",
     progress: bool = False,
+    samples: int | None = None,
+    steps: int | None = None,
+    lr: float | None = None,
+    keep: float | None = None,
+    pressure: float | None = None,
 ) -> Scores | dict[str, Scores]:
     """Score every unit (channel / neuron) of the scored modules of ``model`` over ``data``.
 
@@ -49,16 +55,21 @@ def score(
             a tuple/list ``(inputs, targets, ...)`` or a dict of model keyword arguments (targets under
             ``"labels"``); it is moved to the model's device.
         method: one of ``taylorfo``, ``taylorfo_abs``, ``taylorfo_sq``, ``molchanov_bn``,
-            ``molchanov_group``, or a list of them (all computed in one pass).
+            ``molchanov_group``, or a list of them (all computed in one pass); or ``mc_gradient``
+            (alone): Monte-Carlo keep probabilities (``rgprune_fast.mc_gradient``).
         gradient: ``"random"`` (N(0, 1), label-free), ``"label"`` (cross-entropy against the targets)
             or a callable ``(output, batch) -> tensor`` shaped like the output.
         normalize: scale each output vector of the gradient to unit L2 norm.
         seed: seed of the random gradient's generator.
-        modules: names, module types or modules to score; default: every BatchNorm and every
-            Conv/Linear whose output does not go straight into a BatchNorm, except the output layer.
+        modules: names, module types, modules or :class:`Unit` specs to score; default: transformer
+            MLP neurons and attention heads, else every BatchNorm and every Conv/Linear whose output
+            does not go straight into a BatchNorm, except the output layer.
         max_batches: stop after this many batches.
         backend: ``"auto"`` or an explicit reduction backend (``"torch"``; see ``rgprune_fast.backends``).
         progress: show a progress bar (tqdm if installed).
+        samples, steps, lr, keep, pressure: ``mc_gradient`` only (defaults in
+            ``rgprune_fast.mc_gradient.DEFAULTS``): masks per step, steps, learning rate, target keep
+            ratio, strength of the pull toward it.
 
     Returns:
         ``{module_name: float32 CPU tensor [C]}`` in ``named_modules()`` order (float64 for a float64
@@ -69,6 +80,11 @@ def score(
     model = unwrap(model)
     check_materialized(model)
     methods, single = parse_methods(method)
+    mc_options = {"samples": samples, "steps": steps, "lr": lr, "keep": keep, "pressure": pressure}
+    if MC_METHOD in methods:
+        return _score_mc(model, data, methods, single, gradient, seed, modules, max_batches, progress, mc_options)
+    if any(v is not None for v in mc_options.values()):
+        raise TypeError(f"samples/steps/lr/keep/pressure are options of method {MC_METHOD!r} only")
     check_gradient(gradient)
     if torch.is_inference_mode_enabled():
         raise RuntimeError("score() needs autograd, but it was called inside torch.inference_mode()")
@@ -102,6 +118,29 @@ def score(
                 _score_batch(model, batch, index, taps, output_gradient)
         results = taps.results(methods)
     return results[methods[0]] if single else results
+
+
+def _score_mc(model, data, methods, single, gradient, seed, modules, max_batches, progress, options):
+    """``method="mc_gradient"``: keep probabilities learned by Monte-Carlo gradient estimation."""
+    if len(methods) > 1:
+        raise ValueError(f"method {MC_METHOD!r} cannot be combined with other methods in one call")
+    if gradient not in ("label", "random"):
+        raise ValueError(f"method {MC_METHOD!r} scores accuracy against labels (gradient='label') or agreement "
+                         f"with the unmasked network (gradient='random'); got gradient={gradient!r}")  # fmt: skip
+    check_seed(seed)
+    device = model_device(model)
+    units = resolve_units(model, modules)
+    batches = mc_gradient.batch_stream(data, max_batches, device)
+    first = next(batches)
+    with preserved(model):
+        model.eval()
+        plans = plan_taps(model, run_probe(model, batching.head(first, PROBE_EXAMPLES)), units, need_group=False)
+        with requires_grad(model.parameters(), False):
+            theta = mc_gradient.learn_keep_probabilities(
+                model, chain([first], batches), plans, gradient=gradient, seed=seed, device=device,
+                progress=progress, shift=is_causal_lm(model), **options,
+            )  # fmt: skip
+    return theta if single else {MC_METHOD: theta}
 
 
 def _score_batch(model: nn.Module, batch: batching.Batch, index: int, taps: TapSet, output_gradient) -> None:

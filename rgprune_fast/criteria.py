@@ -13,7 +13,9 @@ import torch
 
 ACTIVATION_METHODS = ("taylorfo", "taylorfo_abs", "taylorfo_sq", "molchanov_bn")
 WEIGHT_METHODS = ("molchanov_group",)
-METHODS = ACTIVATION_METHODS + WEIGHT_METHODS
+METHODS = ACTIVATION_METHODS + WEIGHT_METHODS  # the Taylor family: all from one backward pass
+MC_METHOD = "mc_gradient"  # Monte-Carlo keep probabilities (mc_gradient.py): its own procedure
+ALL_METHODS = METHODS + (MC_METHOD,)
 
 
 def parse_methods(method: str | Sequence[str]) -> tuple[list[str], bool]:
@@ -23,10 +25,10 @@ def parse_methods(method: str | Sequence[str]) -> tuple[list[str], bool]:
     if methods is None:
         raise TypeError(f"method must be a string or a list of strings, got {type(method).__name__}")
     if not methods:
-        raise ValueError(f"method is an empty list; valid methods: {', '.join(METHODS)}")
+        raise ValueError(f"method is an empty list; valid methods: {', '.join(ALL_METHODS)}")
     for m in methods:
-        if m not in METHODS:
-            raise ValueError(f"unknown method {m!r}; valid methods: {', '.join(METHODS)}")
+        if m not in ALL_METHODS:
+            raise ValueError(f"unknown method {m!r}; valid methods: {', '.join(ALL_METHODS)}")
     if len(set(methods)) != len(methods):
         raise ValueError(f"method lists {methods} contain a duplicate")
     return methods, single
