@@ -1,6 +1,7 @@
 """torch.distributed: two CPU processes (gloo) each score half of the batches; every rank returns the
 scores of the whole data, equal to one process scoring all of it. Models may be DDP-wrapped."""
 
+import gc
 import json
 import sys
 
@@ -15,19 +16,26 @@ import rgprune_fast as rg
 METHODS = list(rg.METHODS)
 
 
+def score_shard(rank, world, wrap_ddp):
+    model = models.make("conv_bn_relu")
+    if wrap_ddp:
+        model = torch.nn.parallel.DistributedDataParallel(model)
+    shard = models.batches("conv_bn_relu", sizes=(3, 2, 4, 1))[rank::world]
+    label = rg.score(model, shard, method=METHODS, gradient="label")
+    random = rg.score(model, shard, method="taylorfo_sq", gradient="random", seed=3)
+    result = {m: {k: v.tolist() for k, v in d.items()} for m, d in label.items()}
+    result["random"] = {k: v.tolist() for k, v in random.items()}
+    return result
+
+
 def worker(rank, world, init_file, out_dir, wrap_ddp):
     sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
-        model = models.make("conv_bn_relu")
-        if wrap_ddp:
-            model = torch.nn.parallel.DistributedDataParallel(model)
-        shard = models.batches("conv_bn_relu", sizes=(3, 2, 4, 1))[rank::world]
-        label = rg.score(model, shard, method=METHODS, gradient="label")
-        random = rg.score(model, shard, method="taylorfo_sq", gradient="random", seed=3)
-        result = {m: {k: v.tolist() for k, v in d.items()} for m, d in label.items()}
-        result["random"] = {k: v.tolist() for k, v in random.items()}
+        result = score_shard(rank, world, wrap_ddp)  # the DDP wrapper is gone before the group is
+        gc.collect()
         (out_dir / f"rank{rank}.json").write_text(json.dumps(result))
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
