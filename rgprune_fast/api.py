@@ -14,7 +14,6 @@ from . import mc_gradient
 from .backends import select_backend
 from .criteria import MC_METHOD, WEIGHT_METHODS, parse_methods
 from .distributed import process_group_active
-from .errors import EmptyDataError
 from .gradients import GradientSpec, OutputGradient, check_gradient, check_seed
 from .model_state import activate_checkpointing, check_materialized, model_device, preserved, requires_grad, unwrap
 from .probe import PROBE_EXAMPLES, run_probe
@@ -94,10 +93,7 @@ def score(
     rank_seed = seed + (torch.distributed.get_rank() if process_group_active() else 0)  # ranks draw apart
     output_gradient = OutputGradient(gradient, normalize, rank_seed, device, shift=is_causal_lm(model))
     units = resolve_units(model, modules)
-    raw_batches = batching.iterate(data, max_batches)
-    first = next(raw_batches, None)
-    if first is None:
-        raise EmptyDataError("data yielded no batch; score() needs at least one batch")
+    first, raw_batches = batching.first_and_rest(data, max_batches)
     total = batching.length(data, max_batches)
     need_group = any(m in WEIGHT_METHODS for m in methods)
 

@@ -105,6 +105,15 @@ def iterate(data: Any, max_batches: int | None) -> Iterator[Any]:
     return iter(data) if max_batches is None else islice(iter(data), max_batches)
 
 
+def first_and_rest(data: Any, max_batches: int | None) -> tuple[Any, Iterator[Any]]:
+    """The first raw batch and an iterator over the rest; :class:`EmptyDataError` if there is none."""
+    raw = iterate(data, max_batches)
+    first = next(raw, None)
+    if first is None:
+        raise EmptyDataError("data yielded no batch; score() needs at least one batch")
+    return first, raw
+
+
 def length(data: Any, max_batches: int | None) -> int | None:
     """Number of batches, when known (for the progress bar)."""
     if isinstance(data, (torch.Tensor, Mapping)):

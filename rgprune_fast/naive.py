@@ -20,7 +20,6 @@ from torch import nn
 
 from . import batches as batching
 from .criteria import WEIGHT_METHODS, ChannelAccumulator, parse_methods, weight_group_term
-from .errors import EmptyDataError
 from .gradients import OutputGradient
 from .model_state import model_device, preserved, unwrap
 from .probe import PROBE_EXAMPLES, run_probe
@@ -47,10 +46,7 @@ def score(
     device = model_device(model)
     output_gradient = OutputGradient(gradient, normalize, seed, device, shift=is_causal_lm(model))
     units = resolve_units(model, modules)
-    raw = batching.iterate(data, max_batches)
-    first = next(raw, None)
-    if first is None:
-        raise EmptyDataError("data yielded no batch")
+    first, raw = batching.first_and_rest(data, max_batches)
     need_group = any(m in WEIGHT_METHODS for m in methods)
     with preserved(model):
         model.eval()

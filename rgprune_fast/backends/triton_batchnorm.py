@@ -14,7 +14,7 @@ import triton
 import triton.language as tl
 
 from . import triton_common as common
-from .triton_common import downcast
+from .triton_common import downcast, program_tile, store_partial
 
 
 @triton.jit
@@ -24,16 +24,10 @@ def batchnorm_stats_kernel(
     szn, szc, szp, sdn, sdc, sdp, son, soc, sop,
     ACC: tl.constexpr, NEED_DZ: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
 ):  # fmt: skip
-    n = tl.program_id(0).to(tl.int64)
-    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    split = tl.program_id(2)
-    c_ok = c < C
-    c64 = c.to(tl.int64)
-    mean = tl.load(mean_ptr + c, mask=c_ok, other=0.0).to(ACC)
-    scale = tl.load(scale_ptr + c, mask=c_ok, other=0.0).to(ACC)
-    shift = tl.load(shift_ptr + c, mask=c_ok, other=0.0).to(ACC)
-    p_begin = split * p_per_split
-    p_end = tl.minimum(p_begin + p_per_split, P)
+    n, c64, c_ok, split, p_begin, p_end = program_tile(C, P, p_per_split, BLOCK_C)
+    mean = tl.load(mean_ptr + c64, mask=c_ok, other=0.0).to(ACC)
+    scale = tl.load(scale_ptr + c64, mask=c_ok, other=0.0).to(ACC)
+    shift = tl.load(shift_ptr + c64, mask=c_ok, other=0.0).to(ACC)
     centred_dot = tl.zeros([BLOCK_C, BLOCK_P], dtype=ACC)
     dy_sum = tl.zeros([BLOCK_C, BLOCK_P], dtype=ACC)
     for p0 in range(p_begin, p_end, BLOCK_P):
@@ -47,8 +41,7 @@ def batchnorm_stats_kernel(
             out = dz_ptr + n * son + c64[:, None] * soc + p[None, :] * sop
             tl.store(out, downcast(dy * scale[:, None], dz_ptr.dtype.element_ty), mask=ok)
     s = scale * tl.sum(centred_dot, axis=1) + shift * tl.sum(dy_sum, axis=1)
-    num_splits = tl.num_programs(2)
-    tl.store(partial_ptr + (n * C + c64) * num_splits + split, s, mask=c_ok)
+    store_partial(partial_ptr, s, n, c64, c_ok, split, C)
 
 
 def batchnorm_stats_op(
@@ -57,21 +50,15 @@ def batchnorm_stats_op(
 ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """``(dz, s)``; ``dz`` is an empty ``[0]`` tensor when ``need_dz`` is false."""
     zv, dv = common.as_ncp(z, 1), common.as_ncp(dy, 1)
-    n, c, p = zv.shape
     dz = common.new_empty_like(dy) if need_dz else dy.new_empty(0)
     ov = common.as_ncp(dz, 1) if need_dz else dv
-    block_c, block_p = common.tiles(zv)
-    blocks = triton.cdiv(c, block_c)
-    if split <= 0:
-        split = common.default_split(n * blocks, p, block_p, z.device)
-    acc = common.acc_dtype(z.dtype)
-    partial = common.new_empty((n, c, split), acc, z.device)
-    common.launcher(batchnorm_stats_kernel)[(n, blocks, split)](
-        zv, dv, ov if need_dz else dv, mean, scale, shift, partial,
-        c, p, triton.cdiv(max(p, 1), split), *zv.stride(), *dv.stride(), *ov.stride(),
-        ACC=tl.float64 if acc == torch.float64 else tl.float32, NEED_DZ=need_dz, BLOCK_C=block_c, BLOCK_P=block_p,
+    geo = common.Geometry(zv, z.dtype, split)
+    common.launcher(batchnorm_stats_kernel)[geo.grid](
+        zv, dv, ov, mean, scale, shift, geo.partial, geo.c, geo.p, geo.p_per_split,
+        *zv.stride(), *dv.stride(), *ov.stride(),
+        ACC=geo.acc, NEED_DZ=need_dz, BLOCK_C=geo.block_c, BLOCK_P=geo.block_p,
     )  # fmt: skip
-    return dz, common.finish_split(partial)
+    return dz, geo.result()
 
 
 batchnorm_stats_op = common.register("triton_batchnorm_stats", batchnorm_stats_op)

@@ -35,6 +35,23 @@ def downcast(x, DTYPE: tl.constexpr):
         return x.to(DTYPE)
 
 
+@triton.jit
+def program_tile(C, P, p_per_split, BLOCK_C: tl.constexpr):
+    """This program's example ``n``, channels ``c`` (int64, with their mask) and position chunk
+    ``[p_begin, p_end)`` of chunk ``split`` (grid: examples x channel blocks x position chunks)."""
+    n = tl.program_id(0).to(tl.int64)
+    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    split = tl.program_id(2)
+    p_begin = split * p_per_split
+    return n, c.to(tl.int64), c < C, split, p_begin, tl.minimum(p_begin + p_per_split, P)
+
+
+@triton.jit
+def store_partial(partial_ptr, s, n, c, c_ok, split, C):
+    """One partial sum per channel into the ``[N, C, SPLIT]`` buffer (second stage: finish_split)."""
+    tl.store(partial_ptr + (n * C + c) * tl.num_programs(2) + split, s, mask=c_ok)
+
+
 def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
@@ -98,6 +115,25 @@ def finish_split(partial: torch.Tensor) -> torch.Tensor:
 
 def acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+class Geometry:
+    """Launch geometry of one reduction over ``view`` (``[N, C, P]``): tiles, grid, position chunks,
+    and the partial-sum buffer."""
+
+    def __init__(self, view: torch.Tensor, dtype: torch.dtype, split: int):
+        self.n, self.c, self.p = view.shape
+        self.block_c, self.block_p = tiles(view)
+        blocks = triton.cdiv(self.c, self.block_c)
+        self.split = split if split > 0 else default_split(self.n * blocks, self.p, self.block_p, view.device)
+        self.p_per_split = triton.cdiv(max(self.p, 1), self.split)
+        self.grid = (self.n, blocks, self.split)
+        acc = acc_dtype(dtype)
+        self.acc = tl.float64 if acc == torch.float64 else tl.float32
+        self.partial = new_empty((self.n, self.c, self.split), acc, view.device)
+
+    def result(self) -> torch.Tensor:
+        return finish_split(self.partial)
 
 
 def register(name: str, fn):

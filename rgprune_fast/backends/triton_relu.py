@@ -11,6 +11,7 @@ import triton
 import triton.language as tl
 
 from . import triton_common as common
+from .triton_common import program_tile, store_partial
 
 
 @triton.jit
@@ -21,13 +22,7 @@ def relu_stats_kernel(
     ACC: tl.constexpr, HAS_UPPER: tl.constexpr, NEED_DX: tl.constexpr,
     BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
 ):  # fmt: skip
-    n = tl.program_id(0).to(tl.int64)
-    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    split = tl.program_id(2)
-    c_ok = c < C
-    c64 = c.to(tl.int64)
-    p_begin = split * p_per_split
-    p_end = tl.minimum(p_begin + p_per_split, P)
+    n, c64, c_ok, split, p_begin, p_end = program_tile(C, P, p_per_split, BLOCK_C)
     acc = tl.zeros([BLOCK_C, BLOCK_P], dtype=ACC)
     for p0 in range(p_begin, p_end, BLOCK_P):
         p = (p0 + tl.arange(0, BLOCK_P)).to(tl.int64)
@@ -41,9 +36,7 @@ def relu_stats_kernel(
         if NEED_DX:
             tl.store(dx_ptr + n * son + c64[:, None] * soc + p[None, :] * sop, dx, mask=ok)
         acc += r.to(ACC) * dx.to(ACC)
-    s = tl.sum(acc, axis=1)
-    num_splits = tl.num_programs(2)
-    tl.store(partial_ptr + (n * C + c64) * num_splits + split, s, mask=c_ok)
+    store_partial(partial_ptr, tl.sum(acc, axis=1), n, c64, c_ok, split, C)
 
 
 def relu_stats_op(
@@ -51,22 +44,15 @@ def relu_stats_op(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(dx, s)``; ``dx`` is an empty ``[0]`` tensor when ``need_dx`` is false."""
     rv, dv = common.as_ncp(r, channel_dim), common.as_ncp(dr, channel_dim)
-    n, c, p = rv.shape
     dx = common.new_empty_like(dr) if need_dx else dr.new_empty(0)
     ov = common.as_ncp(dx, channel_dim) if need_dx else dv
-    block_c, block_p = common.tiles(rv)
-    blocks = triton.cdiv(c, block_c)
-    if split <= 0:
-        split = common.default_split(n * blocks, p, block_p, r.device)
-    acc = common.acc_dtype(r.dtype)
-    partial = common.new_empty((n, c, split), acc, r.device)
-    common.launcher(relu_stats_kernel)[(n, blocks, split)](
-        rv, dv, ov, partial, c, p, triton.cdiv(max(p, 1), split), float(upper),
+    geo = common.Geometry(rv, r.dtype, split)
+    common.launcher(relu_stats_kernel)[geo.grid](
+        rv, dv, ov, geo.partial, geo.c, geo.p, geo.p_per_split, float(upper),
         *rv.stride(), *dv.stride(), *ov.stride(),
-        ACC=tl.float64 if acc == torch.float64 else tl.float32, HAS_UPPER=has_upper, NEED_DX=need_dx,
-        BLOCK_C=block_c, BLOCK_P=block_p,
+        ACC=geo.acc, HAS_UPPER=has_upper, NEED_DX=need_dx, BLOCK_C=geo.block_c, BLOCK_P=geo.block_p,
     )  # fmt: skip
-    return dx, common.finish_split(partial)
+    return dx, geo.result()
 
 
 relu_stats_op = common.register("triton_relu_stats", relu_stats_op)
