@@ -19,11 +19,9 @@ from .torch_ref import TorchBackend
 BACKENDS = ("auto", "triton", "cuda", "cpp", "torch")
 
 # backend name -> module (relative to this package) whose load(device) builds it
-_MODULES = {"torch": ".torch_ref"}
+_MODULES = {"torch": ".torch_ref", "cpp": ".cpp", "cuda": ".cuda_ext"}
 _NOT_IMPLEMENTED = {
     "triton": "the Triton kernels are not implemented in this version of rgprune_fast",
-    "cuda": "the CUDA extension (rgprune_fast._C) is not implemented in this version of rgprune_fast",
-    "cpp": "the C++ extension (rgprune_fast._C) is not implemented in this version of rgprune_fast",
 }
 AUTO_ORDER = {"cuda": ("triton", "cuda"), "cpu": ("cpp",)}
 
