@@ -29,6 +29,8 @@ def _openmp() -> bool:
 
 
 def cxx_flags(with_cuda: bool) -> list[str]:
+    if sys.platform == "win32":
+        return ["/O2"] + (["/DRGP_WITH_CUDA"] if with_cuda else [])
     flags = ["-O3"] + (["-fopenmp"] if _openmp() else [])
     return flags + (["-DRGP_WITH_CUDA"] if with_cuda else [])
 
