@@ -43,7 +43,10 @@ def check(ours, x, dx, channel_dim, dtype):
         native = rel_err(torch_native_stats(x, dx, channel_dim), ref)
         assert err <= 2 * native + 1e-6, (err, native)
     else:
-        assert err <= (1e-12 if dtype == torch.float64 else 1e-5), err
+        # Rounding error scales with sum |x * dx|, not with s: where s cancels to almost nothing (random
+        # data, few positions), ||ours - ref|| / ||ref|| alone fails any float summation now and then.
+        conditioned = (ours.double() - ref).norm() / reference_stats(x.abs(), dx.abs(), channel_dim).norm()
+        assert min(err, float(conditioned)) <= (1e-12 if dtype == torch.float64 else 1e-5), err
 
 
 LAYOUTS = {
