@@ -76,6 +76,8 @@ def test_missing_packages_are_named_with_the_pip_command(monkeypatch, tmp_path):
     with pytest.raises(MissingDependencyError, match="'matplotlib', which is not installed: pip install matplotlib"):
         run_demo(tmp_path, config=TINY, cache_dir=None)
     assert main(["demo", "--quick", "--out", str(tmp_path), "--no-cache"]) == 2
+    with pytest.raises(ValueError, match="threads must be a positive int"):
+        run_demo(tmp_path, config=TINY, threads=0)
 
 
 def test_demo_command_picks_the_configuration(monkeypatch, tmp_path):
@@ -85,6 +87,7 @@ def test_demo_command_picks_the_configuration(monkeypatch, tmp_path):
     assert main(["demo", "--cache-dir", str(tmp_path / "c")]) == 0
     (out, quick), (_, full) = calls
     assert out == tmp_path and quick["config"].name == "quick" and quick["config"].data == "digits"
+    assert quick["threads"] == 1 and quick["device"] in ("cpu", "cuda")
     assert quick["cache_dir"] is None and full["config"].name == "full" and full["cache_dir"] == tmp_path / "c"
 
 

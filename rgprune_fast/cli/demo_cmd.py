@@ -17,6 +17,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-cache", action="store_true", help="always retrain; do not read or write the cache")
     p.add_argument("--data", choices=["auto", "mnist", "digits"], default="auto", help="default: mnist, else digits")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu, cuda, ...")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="CPU threads (default: 1; the networks are small, and one thread gives the same numbers everywhere)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -27,5 +33,5 @@ def run(args: argparse.Namespace) -> int:
     config = replace(QUICK if args.quick else FULL, data=args.data)
     cache = None if args.no_cache else (args.cache_dir or "default")
     command = "rgprune-fast " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv else ""
-    run_demo(args.out, config=config, cache_dir=cache, command=command, device=args.device)
+    run_demo(args.out, config=config, cache_dir=cache, command=command, device=args.device, threads=args.threads)
     return 0

@@ -52,13 +52,29 @@ def run_demo(
     config: DemoConfig | None = None,
     command: str = "",
     device: torch.device | str = "cpu",
+    threads: int | None = 1,
     log=print,
 ) -> DemoOutputs:
     """Run the demo into ``out_dir`` (``quick``: :data:`QUICK`, else :data:`FULL`, or ``config``).
 
     ``cache_dir``: where trained weights are cached; ``"default"`` is ~/.cache/rgprune_fast, ``None``
-    always retrains. ``device``: where training, scoring and evaluation run.
+    always retrains. ``device``: where training, scoring and evaluation run. ``threads``: CPU threads
+    (``None``: torch's default). One is the default because these networks are small: a second thread
+    gains little on an idle machine, costs a lot on a busy one, and changes the float reduction order,
+    so one thread also makes the numbers the same on every machine's CPU build.
     """
+    if threads is not None and (not isinstance(threads, int) or threads < 1):
+        raise ValueError(f"threads must be a positive int or None, got {threads!r}")
+    previous = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        return _run(out_dir, quick, cache_dir, config, command, device, log)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _run(out_dir, quick, cache_dir, config, command, device, log) -> DemoOutputs:
     started = time.perf_counter()
     config = config or (QUICK if quick else FULL)
     require("matplotlib", extra="demo", purpose="the demo's plots")  # fail before any training

@@ -63,7 +63,14 @@ def train(model: nn.Module, data: DigitsData, config: DemoConfig) -> None:
 
 
 def _cache_path(cache_dir: Path, arch: str, data: DigitsData, config: DemoConfig) -> Path:
-    key = {"arch": arch, "data": data.name, "torch": torch.__version__.split("+")[0], **config.training_key()}
+    key = {
+        "arch": arch,
+        "data": data.name,
+        "torch": torch.__version__.split("+")[0],
+        "device": data.train_x.device.type,
+        "threads": torch.get_num_threads(),  # the float reduction order, hence the exact weights
+        **config.training_key(),
+    }
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
     return cache_dir / f"{data.name}-{arch}-w{config.width}-e{config.epochs}-{digest}.pt"
 
