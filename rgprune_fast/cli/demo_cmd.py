@@ -21,7 +21,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--threads",
         type=int,
         default=1,
-        help="CPU threads (default: 1; the networks are small, and one thread gives the same numbers everywhere)",
+        help="CPU threads (default: 1: the networks are small, and a fixed count keeps the numbers reproducible)",
     )
 
 

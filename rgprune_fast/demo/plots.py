@@ -37,8 +37,13 @@ def plot_model(results: Sequence[Result], model: str, path: Path, title: str = "
     for r in mine:
         curves[(r.data_size_label, r.method, r.gradient, r.normalize)].append((r.pruned, 100 * r.accuracy))
     fig, axes = plt.subplots(1, len(sizes), figsize=(4.2 * len(sizes), 4.0), sharey=True, squeeze=False)
+    methods = list(dict.fromkeys(r.method for r in mine))
+    # one legend column per criterion: label, label_norm, rand, rand_norm
+    order = sorted(curves, key=lambda k: (methods.index(k[1]), k[2] != "label", k[3]))
     for ax, (label, d) in zip(axes[0], sizes):
-        for (size, method, gradient, normalize), points in curves.items():
+        for key in order:
+            size, method, gradient, normalize = key
+            points = curves[key]
             if size != label:
                 continue
             points.sort()

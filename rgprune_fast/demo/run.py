@@ -59,9 +59,9 @@ def run_demo(
 
     ``cache_dir``: where trained weights are cached; ``"default"`` is ~/.cache/rgprune_fast, ``None``
     always retrains. ``device``: where training, scoring and evaluation run. ``threads``: CPU threads
-    (``None``: torch's default). One is the default because these networks are small: a second thread
-    gains little on an idle machine, costs a lot on a busy one, and changes the float reduction order,
-    so one thread also makes the numbers the same on every machine's CPU build.
+    (``None``: torch's default). One is the default: the networks are too small for more threads to
+    pay off much, extra threads are very slow on a busy machine, and a fixed count keeps the float
+    reduction order, hence the numbers (and the cached weights), reproducible.
     """
     if threads is not None and (not isinstance(threads, int) or threads < 1):
         raise ValueError(f"threads must be a positive int or None, got {threads!r}")
@@ -100,7 +100,9 @@ def _run(out_dir, quick, cache_dir, config, command, device, log) -> DemoOutputs
         results += experiment.run(arch, model, data, config, log)
     report.write_csv(results, outputs.csv)
     for arch in config.architectures:
-        outputs.plots.append(plots.plot_model(results, arch, out / f"pruning_{arch}.png"))
+        name = report.MODEL_TITLES.get(arch, arch)
+        title = f"{name} on {data.name} {side}x{side} ({config.name}): units pruned vs test accuracy"
+        outputs.plots.append(plots.plot_model(results, arch, out / f"pruning_{arch}.png", title))
     outputs.seconds = time.perf_counter() - started
     largest = config.data_sizes[-1]
     size_label = "all" if largest is None else str(largest)
