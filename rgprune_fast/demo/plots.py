@@ -36,7 +36,7 @@ def plot_model(results: Sequence[Result], model: str, path: Path, title: str = "
     curves: dict[tuple, list[tuple[int, float]]] = defaultdict(list)
     for r in mine:
         curves[(r.data_size_label, r.method, r.gradient, r.normalize)].append((r.pruned, 100 * r.accuracy))
-    fig, axes = plt.subplots(1, len(sizes), figsize=(4.2 * len(sizes), 4.0), sharey=True, squeeze=False)
+    fig, axes = plt.subplots(1, len(sizes), figsize=(max(4.6 * len(sizes), 10.0), 4.4), sharey=True, squeeze=False)
     methods = list(dict.fromkeys(r.method for r in mine))
     # one legend column per criterion: label, label_norm, rand, rand_norm
     order = sorted(curves, key=lambda k: (methods.index(k[1]), k[2] != "label", k[3]))
@@ -63,7 +63,7 @@ def plot_model(results: Sequence[Result], model: str, path: Path, title: str = "
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("test accuracy (%)")
     handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=5, fontsize=7, frameon=False)
+    fig.legend(handles, labels, loc="lower center", ncol=5, fontsize=7, frameon=False, columnspacing=1.2)
     fig.suptitle(title or f"{MODEL_TITLES.get(model, model)}: units pruned vs accuracy", fontsize=10)
     fig.tight_layout(rect=(0, 0.16, 1, 1))
     fig.savefig(path, dpi=110)

@@ -102,7 +102,7 @@ def _run(out_dir, quick, cache_dir, config, command, device, log) -> DemoOutputs
     report.write_csv(results, outputs.csv)
     for arch in config.architectures:
         name = report.MODEL_TITLES.get(arch, arch)
-        title = f"{name} on {data.name} {side}x{side} ({config.name}): units pruned vs test accuracy"
+        title = f"{name} on {data.name.upper()} {side}x{side} ({config.name}): units pruned vs test accuracy"
         outputs.plots.append(plots.plot_model(results, arch, out / f"pruning_{arch}.png", title))
     outputs.seconds = time.perf_counter() - started
     largest = config.data_sizes[-1]
