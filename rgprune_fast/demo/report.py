@@ -161,8 +161,10 @@ def claims(results: Sequence[Result]) -> str:
         + "."
     )
     wins: dict[str, dict[str, int]] = {"low": defaultdict(int), "high": defaultdict(int)}
+    skipped = 0
     for model in _models(results):
         levels = sorted({r.pruned for r in results if r.model == model and r.pruned > 0})
+        base = next(r.accuracy for r in results if r.model == model and r.pruned == 0)
         for label, _ in _sizes(results):
             for i, p in enumerate(levels):
                 per_method: dict[str, list[float]] = defaultdict(list)
@@ -170,12 +172,20 @@ def claims(results: Sequence[Result]) -> str:
                     if m == model and s == label:
                         per_method[method].append(curve[p])
                 winner = max(per_method, key=lambda k: mean(per_method[k]))
+                if mean(per_method[winner]) < 0.5 * base:  # every criterion has collapsed: a win is noise
+                    skipped += 1
+                    continue
                 wins["low" if i < len(levels) / 2 else "high"][winner] += 1
     for half, title in (("low", "lower half"), ("high", "upper half")):
         counts = sorted(wins[half].items(), key=lambda kv: -kv[1])
         lines.append(
             f"- best criterion (mean of its 4 variants) per pruning level, {title} of the P range: "
-            + ", ".join(f"{m} {n}x" for m, n in counts)
+            + (", ".join(f"{m} {n}x" for m, n in counts) or "none")
             + "."
+        )
+    if skipped:
+        lines.append(
+            f"  ({skipped} (model, D, P) points left out: there even the best criterion keeps under half "
+            "the unpruned accuracy.)"
         )
     return "\n".join(lines)
