@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import statistics
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 
@@ -12,29 +11,10 @@ import torch
 from torch import nn
 
 import rgprune_fast as rg
+from rgprune_fast._torchvision import import_torchvision  # noqa: F401  (re-exported for the benchmarks)
 from rgprune_fast.batches import logits_of, split_batch
 from rgprune_fast.probe import run_probe
 from rgprune_fast.selection import plan_taps
-
-_TV_LIB = None
-
-
-def import_torchvision():
-    """Import torchvision; on CPU torch with the registry's CUDA build, first register the two op
-    schemas it expects (``torchvision::nms``, ``torchvision::qnms``; DESIGN.md section 6)."""
-    global _TV_LIB
-    try:
-        import torchvision
-    except RuntimeError as e:
-        if "torchvision::nms" not in str(e):
-            raise
-        for mod in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
-            del sys.modules[mod]
-        _TV_LIB = torch.library.Library("torchvision", "DEF")
-        _TV_LIB.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-        _TV_LIB.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-        import torchvision
-    return torchvision
 
 
 def default_modules(model: nn.Module, batch: torch.Tensor) -> list[nn.Module]:

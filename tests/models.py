@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from benchmarks.common import import_torchvision
+from rgprune_fast._torchvision import import_torchvision
 
 
 def randomize(model: nn.Module, seed: int = 0) -> nn.Module:
