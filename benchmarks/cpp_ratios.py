@@ -98,6 +98,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=11)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--quick", action="store_true", help="tiny shapes, one repeat (CI: the script runs)")
+    ap.add_argument("--part", choices=("all", "reductions", "score"), default="all")
     args = ap.parse_args()
     shape, batch, size = ((4, 16, 8, 8), 2, 32) if args.quick else ((64, 256, 28, 28), 32, 64)
     repeats, warmup = (1, 0) if args.quick else (args.repeats, args.warmup)
@@ -109,11 +110,17 @@ def main() -> None:
     )
     print(f"command: python -m benchmarks.cpp_ratios {' '.join(sys.argv[1:])}".rstrip())
     print(f"median of {repeats} after {warmup} warm-up, interleaved\n")
-    print(f"## Reductions, {list(shape)} fp32\n")
-    print("| op | layout | torch ms | cpp ms | torch / cpp | cpp GB/s |")
-    print("|---|---|---|---|---|---|")
-    for row in reductions(shape, repeats, warmup):
-        print(row, flush=True)
+    if args.part in ("all", "reductions"):
+        print(f"## Reductions, {list(shape)} fp32\n")
+        print("| op | layout | torch ms | cpp ms | torch / cpp | cpp GB/s |")
+        print("|---|---|---|---|---|---|")
+        for row in reductions(shape, repeats, warmup):
+            print(row, flush=True)
+    if args.part in ("all", "score"):
+        score_table(batch, size, repeats, warmup)
+
+
+def score_table(batch: int, size: int, repeats: int, warmup: int) -> None:
     print(f"\n## score(), ResNet-18, batch {batch}, {size}x{size}, fp32\n")
     print("| call | floor ms/batch | score cpp | score torch | naive | cpp / floor | torch / floor | naive / cpp |")
     print("|---|---|---|---|---|---|---|---|")
