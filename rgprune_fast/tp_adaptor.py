@@ -32,6 +32,15 @@ from .registry import PRODUCERS  # noqa: E402
 REDUCTIONS = ("sum", "mean", "max")
 
 
+def _out_channels(module: nn.Module) -> int | None:
+    """Output channels of the usual scored modules (``None`` for others: checked per group instead)."""
+    for attribute in ("num_features", "out_channels", "out_features"):
+        value = getattr(module, attribute, None)
+        if isinstance(value, int):
+            return value
+    return None
+
+
 class ScoreImportance(tp.importance.Importance):
     """Torch-Pruning importance built from rgprune_fast scores.
 
@@ -54,6 +63,12 @@ class ScoreImportance(tp.importance.Importance):
                 module = model.get_submodule(name)
             except AttributeError:
                 raise ValueError(f"the scores name module {name!r}, which is not in the model") from None
+            channels = _out_channels(module)
+            if channels is not None and channels != s.numel():
+                raise ValueError(
+                    f"the scores of module {name!r} have {s.numel()} channels but it has {channels}: "
+                    "scores describe the model they were computed on (pruned since? score it again)"
+                )
             self._by_module[module] = s.float()
 
     @torch.no_grad()

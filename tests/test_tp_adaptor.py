@@ -109,11 +109,16 @@ def test_adaptor_errors_name_the_culprit():
         ScoreImportance(model, {"taylorfo": {"1": torch.ones(8)}})
     with pytest.raises(ValueError, match=r"ratio must be in \[0, 1\)"):
         prune_physically(model, {"1": torch.ones(8)}, torch.randn(1, 3, 16, 16), ratio=1.0)
-    too_short = ScoreImportance(model, {"1": torch.ones(4)})
-    graph = tp.DependencyGraph().build_dependency(model, example_inputs=torch.randn(1, 3, 16, 16))
-    group = graph.get_pruning_group(model[0], tp.prune_conv_out_channels, list(range(8)))
-    with pytest.raises(ValueError, match="have 4 channels but Torch-Pruning sees more"):
-        too_short(group)
+    with pytest.raises(ValueError, match="scores of module '1' have 4 channels but it has 8"):
+        ScoreImportance(model, {"1": torch.ones(4)})
+
+
+def test_scores_of_a_model_pruned_since_are_refused():
+    model = models.make("conv_bn_relu")
+    scores = rg.score(model, models.batches("conv_bn_relu"))
+    prune_physically(model, scores, torch.randn(1, 3, 16, 16), ratio=0.3)
+    with pytest.raises(ValueError, match="pruned since\\? score it again"):
+        prune_physically(model, scores, torch.randn(1, 3, 16, 16), ratio=0.3)
 
 
 def test_unscored_root_channels_are_never_chosen_first():
@@ -141,3 +146,9 @@ def test_unscored_root_channels_are_never_chosen_first():
     scores = {"bn": torch.tensor([1.0, 2.0, 3.0]), "other": torch.full((6,), 9.0)}
     inf = float("inf")
     torch.testing.assert_close(ScoreImportance(model, scores)(group), torch.tensor([inf, inf, inf, 1.0, 2.0, 3.0]))
+    # A module whose channel count is not an attribute is checked against the group instead.
+    odd = nn.ModuleDict({"root": root, "act": nn.Hardswish()})
+    with pytest.raises(ValueError, match="have 2 channels but Torch-Pruning sees more"):
+        ScoreImportance(odd, {"act": torch.ones(2)})(
+            Group([item(root, list(range(6)), list(range(6))), item(odd["act"], [0, 1, 2], [0, 1, 2])])
+        )
