@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from itertools import chain
 from typing import Any, Union
 
@@ -44,6 +44,7 @@ def score(
     lr: float | None = None,
     keep: float | None = None,
     pressure: float | None = None,
+    on_step: Callable[[int, Scores], None] | None = None,
 ) -> Scores | dict[str, Scores]:
     """Score every unit (channel / neuron) of the scored modules of ``model`` over ``data``.
 
@@ -69,6 +70,9 @@ def score(
         samples, steps, lr, keep, pressure: ``mc_gradient`` only (defaults in
             ``rgprune_fast.mc_gradient.DEFAULTS``): masks per step, steps, learning rate, target keep
             ratio, strength of the pull toward it.
+        on_step: ``mc_gradient`` only: called after every step as ``on_step(step, theta)`` (step
+            counts from 1; ``theta`` as returned at the end), to watch convergence or keep snapshots:
+            ``theta`` after step s is exactly what ``steps=s`` returns.
 
     Returns:
         ``{module_name: float32 CPU tensor [C]}`` in ``named_modules()`` order (float64 for a float64
@@ -79,11 +83,11 @@ def score(
     model = unwrap(model)
     check_materialized(model)
     methods, single = parse_methods(method)
-    mc_options = {"samples": samples, "steps": steps, "lr": lr, "keep": keep, "pressure": pressure}
+    mc_options = {"samples": samples, "steps": steps, "lr": lr, "keep": keep, "pressure": pressure, "on_step": on_step}
     if MC_METHOD in methods:
         return _score_mc(model, data, methods, single, gradient, seed, modules, max_batches, progress, mc_options)
     if any(v is not None for v in mc_options.values()):
-        raise TypeError(f"samples/steps/lr/keep/pressure are options of method {MC_METHOD!r} only")
+        raise TypeError(f"samples/steps/lr/keep/pressure/on_step are options of method {MC_METHOD!r} only")
     check_gradient(gradient)
     if torch.is_inference_mode_enabled():
         raise RuntimeError("score() needs autograd, but it was called inside torch.inference_mode()")

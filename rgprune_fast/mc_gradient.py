@@ -22,6 +22,11 @@ as an abstract; issue #8 fixes the rest):
 * **Pressure** toward the target keep ratio: ``phi -= lr * pressure * (mean(theta) - keep)`` for every
   unit (the mean over all units of all modules), so units compete: the pressure lowers all of them
   until ``keep`` of them, on average, are kept; the utility term keeps up those that matter.
+* **keep = 0.9 by default**: each sampled mask then switches off about 10 % of the units, so the
+  masked networks still classify and their scores say which units matter. With 0.5, every sample of
+  the demo's trained ResNet-8 (MNIST) was near chance, the utilities were noise, and pruning by the
+  resulting ranking kept 16 % mean accuracy over the pruning levels against 74 % with 0.9 (same budget).
+  The ranking, not the keep ratio, is what pruning uses: units below ``keep`` still come out ordered.
 * **Deterministic**: masks come from a ``torch.Generator`` seeded with ``seed`` on the model's device.
 
 Cost: each step is one forward of ``K * N`` examples plus one unmasked forward of ``N`` (label-free);
@@ -45,7 +50,7 @@ from .gradients import IGNORE_INDEX, shift_targets
 from .progress import progress_bar
 from .selection import TapPlan
 
-DEFAULTS = {"samples": 16, "steps": 100, "lr": 1.0, "keep": 0.5, "pressure": 1.0, "theta0": 0.9}
+DEFAULTS = {"samples": 16, "steps": 100, "lr": 1.0, "keep": 0.9, "pressure": 1.0, "theta0": 0.9}
 
 
 def centred_ranks(scores: torch.Tensor) -> torch.Tensor:
@@ -125,7 +130,7 @@ def sample_scores(logits: torch.Tensor, reference: torch.Tensor, k: int) -> torc
 
 
 def _options(options: dict) -> dict:
-    unknown = set(options) - set(DEFAULTS)
+    unknown = set(options) - set(DEFAULTS) - {"on_step"}
     if unknown:
         raise TypeError(f"unknown mc_gradient options {sorted(unknown)}; valid: {sorted(DEFAULTS)}")
     opts = {**DEFAULTS, **{k: v for k, v in options.items() if v is not None}}
@@ -138,6 +143,8 @@ def _options(options: dict) -> dict:
     for name in ("lr", "pressure"):
         if not float(opts[name]) >= 0.0 or not math.isfinite(float(opts[name])):
             raise ValueError(f"mc_gradient: {name} must be a finite number >= 0, got {opts[name]!r}")
+    if opts.get("on_step") is not None and not callable(opts["on_step"]):
+        raise TypeError(f"mc_gradient: on_step must be callable, got {type(opts['on_step']).__name__}")
     return opts
 
 
@@ -177,7 +184,7 @@ def learn_keep_probabilities(
     start = math.log(opts["theta0"] / (1 - opts["theta0"]))
     phi = {p.key: torch.full((p.units,), start, device=device) for p in plans}
     with torch.no_grad():
-        for _ in progress_bar(range(opts["steps"]), opts["steps"], progress, "mc_gradient"):
+        for step in progress_bar(range(1, opts["steps"] + 1), opts["steps"], progress, "mc_gradient"):
             batch = next(batches)
             if gradient == "label":
                 reference = _targets(batch, shift).to(device)
@@ -195,6 +202,12 @@ def learn_keep_probabilities(
             for key in phi:
                 estimate = (utility[:, None] * (drawn[key] - theta[key])).mean(0)
                 phi[key] += opts["lr"] * (estimate - opts["pressure"] * (mean_theta - opts["keep"]))
+            if opts.get("on_step") is not None:
+                opts["on_step"](step, _keep_probabilities(phi))
+    return _keep_probabilities(phi)
+
+
+def _keep_probabilities(phi: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {key: torch.sigmoid(v).float().cpu() for key, v in phi.items()}
 
 

@@ -95,6 +95,16 @@ def test_cnn_and_transformer_units():
         assert [(k, v.numel()) for k, v in theta.items()] == units
 
 
+def test_on_step_snapshots_equal_shorter_runs():
+    model, data = toy()
+    seen = {}
+    final = rg.score(model, data, method="mc_gradient", modules="0", steps=9, on_step=seen.__setitem__)
+    assert sorted(seen) == list(range(1, 10)) and torch.equal(seen[9]["0"], final["0"])
+    for steps in (1, 4):
+        assert torch.equal(seen[steps]["0"], rg.score(model, data, method="mc_gradient", modules="0", steps=steps)["0"])
+    assert not torch.equal(seen[4]["0"], seen[9]["0"])
+
+
 def test_one_pass_iterators_are_cycled():
     model, data = toy()
     a = rg.score(model, data[:2], method="mc_gradient", modules="0", steps=7)
@@ -120,6 +130,8 @@ def test_errors():
         rg.score(model, data, method="mc_gradient", samples=0)
     with pytest.raises(TypeError, match="options of method 'mc_gradient' only"):
         rg.score(model, data, method="taylorfo", steps=3)
+    with pytest.raises(TypeError, match="on_step must be callable"):
+        rg.score(model, data, method="mc_gradient", on_step=3)
     with pytest.raises(ValueError, match="needs targets"):
         rg.score(model, [x for x, _ in data], method="mc_gradient", gradient="label")
     with pytest.raises(rg.EmptyDataError):

@@ -18,6 +18,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", choices=["auto", "mnist", "digits"], default="auto", help="default: mnist, else digits")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu, cuda, ...")
     p.add_argument(
+        "--no-mc-gradient",
+        action="store_true",
+        help="Taylor criteria only: skip mc_gradient (about two thirds of the full run's time)",
+    )
+    p.add_argument(
         "--threads",
         type=int,
         default=1,
@@ -31,6 +36,8 @@ def run(args: argparse.Namespace) -> int:
     from ..demo import FULL, QUICK, run_demo
 
     config = replace(QUICK if args.quick else FULL, data=args.data)
+    if args.no_mc_gradient:
+        config = replace(config, mc_gradient=None)
     cache = None if args.no_cache else (args.cache_dir or "default")
     command = "rgprune-fast " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv else ""
     run_demo(args.out, config=config, cache_dir=cache, command=command, device=args.device, threads=args.threads)

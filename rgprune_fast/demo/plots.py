@@ -1,5 +1,6 @@
 """PNG plots like the paper's Figures 1-2: units pruned vs test accuracy, one line per method variant,
-one panel per data size D, one figure per network."""
+one panel per data size D, one figure per network; and mean accuracy against compute for the Taylor
+criteria and ``mc_gradient``."""
 
 from __future__ import annotations
 
@@ -7,9 +8,10 @@ from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..criteria import MC_METHOD
 from ..optional import require
-from .experiment import Result, variant_label
-from .report import MODEL_TITLES
+from .experiment import Cost, Result, variant_label
+from .report import MODEL_TITLES, TAYLOR_SHOWN
 
 COLORS = {
     "taylorfo": "tab:blue",
@@ -17,6 +19,7 @@ COLORS = {
     "taylorfo_sq": "tab:green",
     "molchanov_bn": "tab:red",
     "molchanov_group": "tab:purple",
+    MC_METHOD: "black",
 }
 
 
@@ -66,6 +69,60 @@ def plot_model(results: Sequence[Result], model: str, path: Path, title: str = "
     fig.legend(handles, labels, loc="lower center", ncol=5, fontsize=7, frameon=False, columnspacing=1.2)
     fig.suptitle(title or f"{MODEL_TITLES.get(model, model)}: units pruned vs accuracy", fontsize=10)
     fig.tight_layout(rect=(0, 0.16, 1, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_compute(results: Sequence[Result], costs: Sequence[Cost], path: Path, title: str = "") -> Path:
+    """One panel per network: mean accuracy over the pruning levels (y) against forward-equivalents
+    (x, log): a line per shown Taylor variant through its D values, a line per ``mc_gradient`` gradient
+    through its steps (at the largest D) and its other D values (markers only)."""
+    plt = _pyplot()
+    models = list(dict.fromkeys(r.model for r in results))
+    curves: dict[tuple, dict[int, float]] = defaultdict(dict)
+    for r in results:
+        curves[(r.model, r.data_size_label, r.method, r.gradient, r.normalize, r.steps)][r.pruned] = r.accuracy
+
+    def mean_acc(key):
+        curve = curves[key]
+        levels = [a for p, a in curve.items() if p > 0]
+        return 100 * sum(levels) / len(levels)
+
+    fig, axes = plt.subplots(1, len(models), figsize=(5.2 * len(models), 4.2), sharey=True, squeeze=False)
+    largest = max(c.data_size for c in costs)
+    for ax, model in zip(axes[0], models):
+        for method, gradient, normalize in TAYLOR_SHOWN:
+            points = sorted(
+                (c.forward_equivalents, mean_acc((model, c.data_size_label, method, gradient, normalize, 0)))
+                for c in costs
+                if c.model == model and c.method == "taylor" and c.gradient == gradient and c.normalize == normalize
+            )
+            style = "--" if gradient == "random" else "-"
+            label = variant_label(method, gradient, normalize)
+            ax.plot(*zip(*points), marker="o", markersize=4, color=COLORS[method], linestyle=style, label=label)
+        for gradient in dict.fromkeys(c.gradient for c in costs if c.method == MC_METHOD):
+            mine = [c for c in costs if c.model == model and c.method == MC_METHOD and c.gradient == gradient]
+            key = {c: (model, c.data_size_label, MC_METHOD, gradient, False, c.steps) for c in mine}
+            point = {c: (c.forward_equivalents, mean_acc(key[c])) for c in mine}
+            sweep = sorted(point[c] for c in mine if c.data_size == largest)
+            style = "--" if gradient == "random" else "-"
+            ax.plot(*zip(*sweep), marker="s", markersize=4, color="black", linestyle=style,
+                    label=variant_label(MC_METHOD, gradient, False) + " (steps, largest D)")  # fmt: skip
+            others = [point[c] for c in mine if c.data_size != largest]
+            if others:
+                label = variant_label(MC_METHOD, gradient, False) + " (smaller D)"
+                marker = "x" if gradient == "random" else "+"
+                ax.scatter(*zip(*others), marker=marker, color="black", s=24, linewidths=0.8, label=label)
+        ax.set_xscale("log")
+        ax.set_xlabel("forward-equivalents (forward = 1 per example, backward = 2)", fontsize=8)
+        ax.set_title(MODEL_TITLES.get(model, model))
+        ax.grid(alpha=0.3, which="both")
+    axes[0][0].set_ylabel("mean test accuracy over the pruning levels (%)")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=7, frameon=False)
+    fig.suptitle(title or "mean accuracy vs compute", fontsize=10)
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path

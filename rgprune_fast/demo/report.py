@@ -1,5 +1,5 @@
-"""The demo's outputs in text: the CSV, the accuracy tables (Markdown, also printed) and a short,
-computed summary of what the numbers say about the paper's claims."""
+"""The demo's outputs in text: the CSVs, the accuracy and cost tables (Markdown, also printed) and a
+short, computed summary of what the numbers say about the paper's claims and about ``mc_gradient``."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from statistics import mean
 
-from .experiment import Result, variant_label
+from ..criteria import MC_METHOD
+from .experiment import Cost, Result, variant_label
 
 CSV_FIELDS = (
     "model",
@@ -23,6 +24,20 @@ CSV_FIELDS = (
     "units",
     "pruned_fraction",
     "accuracy",
+    "steps",
+)
+COST_FIELDS = (
+    "model",
+    "data_size",
+    "data_size_label",
+    "method",
+    "gradient",
+    "normalize",
+    "steps",
+    "forward_examples",
+    "backward_examples",
+    "forward_equivalents",
+    "seconds",
 )
 MODEL_TITLES = {"resnet": "ResNet-8", "vgg": "VGG-6"}
 NEAR = 2.0  # accuracy points within which two variants count as matching
@@ -46,8 +61,48 @@ def write_csv(results: Sequence[Result], path: Path) -> None:
                     r.units,
                     f"{r.pruned / r.units:.4f}",
                     f"{r.accuracy:.4f}",
+                    r.steps,
                 ]
             )
+
+
+def write_costs_csv(costs: Sequence[Cost], path: Path) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(COST_FIELDS)
+        for c in costs:
+            row = [c.model, c.data_size, c.data_size_label, c.method, c.gradient, int(c.normalize), c.steps]
+            writer.writerow(row + [c.forward_examples, c.backward_examples, c.forward_equivalents, f"{c.seconds:.3f}"])
+
+
+def read_csv(path: Path) -> list[Result]:
+    """The rows of a ``results.csv`` written by :func:`write_csv` (to re-plot or analyse a run)."""
+    with open(path, newline="") as f:
+        return [
+            Result(r["model"], int(r["data_size"]), r["data_size_label"], r["method"], r["gradient"],
+                   bool(int(r["normalize"])), int(r["pruned"]), int(r["units"]), float(r["accuracy"]), int(r["steps"]))
+            for r in csv.DictReader(f)
+        ]  # fmt: skip
+
+
+def read_costs_csv(path: Path) -> list[Cost]:
+    """The rows of a ``costs.csv`` written by :func:`write_costs_csv`."""
+    with open(path, newline="") as f:
+        return [
+            Cost(r["model"], int(r["data_size"]), r["data_size_label"], r["method"], r["gradient"],
+                 bool(int(r["normalize"])), int(r["steps"]), int(r["forward_examples"]), int(r["backward_examples"]),
+                 float(r["seconds"]))
+            for r in csv.DictReader(f)
+        ]  # fmt: skip
+
+
+def final(results: Sequence[Result]) -> list[Result]:
+    """``results`` without ``mc_gradient``'s snapshots: only its keep probabilities after its last step."""
+    last: dict[tuple, int] = defaultdict(int)
+    for r in results:
+        key = (r.model, r.data_size_label, r.method, r.gradient)
+        last[key] = max(last[key], r.steps)
+    return [r for r in results if r.steps == last[(r.model, r.data_size_label, r.method, r.gradient)]]
 
 
 def _variants(results: Sequence[Result]) -> list[tuple[str, str, bool]]:
@@ -145,8 +200,9 @@ def _describe(diffs: list[float], better: str, worse: str) -> str:
 
 
 def claims(results: Sequence[Result]) -> str:
-    """What the curves say about the paper's claims, computed (mean accuracy over the pruning levels)."""
-    curves = _curves(results)
+    """What the curves say about the paper's claims, computed (mean accuracy over the pruning levels),
+    on the Taylor criteria (the paper's subject); ``mc_gradient`` has its own summary (:func:`mc_claims`)."""
+    curves = _curves([r for r in final(results) if r.method != MC_METHOD])
     lines = [
         "- random vs label gradient: " + _describe(_paired(curves, "gradient"), "random", "label") + ".",
         "- normalisation: " + _describe(_paired(curves, "normalize"), "norm", "no norm") + ".",
@@ -164,6 +220,7 @@ def claims(results: Sequence[Result]) -> str:
     skipped = 0
     for model in _models(results):
         levels = sorted({r.pruned for r in results if r.model == model and r.pruned > 0})
+        # (levels are the same for every method: they depend on the unit count only)
         base = next(r.accuracy for r in results if r.model == model and r.pruned == 0)
         for label, _ in _sizes(results):
             for i, p in enumerate(levels):
@@ -188,4 +245,126 @@ def claims(results: Sequence[Result]) -> str:
             f"  ({skipped} (model, D, P) points left out: there even the best criterion keeps under half "
             "the unpruned accuracy.)"
         )
+    return "\n".join(lines)
+
+
+def _mean(values) -> float:
+    values = list(values)
+    return mean(values) if values else float("nan")
+
+
+def taylor_seconds(costs: Sequence[Cost], model: str, label: str) -> float:
+    """Mean wall time of the Taylor passes (every gradient and normalisation) of ``model`` at D ``label``."""
+    return _mean(c.seconds for c in costs if c.model == model and c.data_size_label == label and c.method == "taylor")
+
+
+TAYLOR_SHOWN = (("taylorfo_sq", "random", True), ("taylorfo_sq", "label", False), ("molchanov_bn", "label", False))
+
+
+def compute_table(results: Sequence[Result], costs: Sequence[Cost]) -> str:
+    """Mean accuracy over the pruning levels against compute: the Taylor criteria at every D (a pass
+    costs 3 forward-equivalents per example), ``mc_gradient`` after each snapshot step at the largest D."""
+    curves = _curves([r for r in results if r.method != MC_METHOD])
+    mc_curves: dict[tuple, dict[int, float]] = defaultdict(dict)
+    for r in results:
+        if r.method == MC_METHOD:
+            mc_curves[(r.model, r.data_size_label, r.gradient, r.steps)][r.pruned] = r.accuracy
+    models = _models(results)
+    header = ["scorer", "D", "steps", "forward-equiv."]
+    header += [f"{MODEL_TITLES.get(m, m)} {what}" for m in models for what in ("s", "mean acc. %")]
+    rows = []
+    sizes = _sizes(results)
+    pass_seconds = defaultdict(list)
+    for c in costs:
+        if c.method == "taylor":
+            pass_seconds[(c.model, c.data_size_label, c.gradient, c.normalize)].append(c.seconds)
+    for method, gradient, normalize in TAYLOR_SHOWN:
+        for label, d in sizes:
+            row = [variant_label(method, gradient, normalize), label, "-", f"{3 * d:,}"]
+            for m in models:
+                curve = curves.get((m, label, method, gradient, normalize))
+                row += [f"{_mean(pass_seconds[(m, label, gradient, normalize)]):.2f}", _pct(curve)]
+            rows.append(row)
+    for label, d in sizes:  # the best of all 20 Taylor variants, chosen after the fact (an upper bound)
+        row = ["best Taylor variant (chosen on the test set)", label, "-", f"{3 * d:,}"]
+        for m in models:
+            best = max((c for k, c in curves.items() if k[0] == m and k[1] == label), key=_mean_pruned, default=None)
+            row += [
+                f"{taylor_seconds(costs, m, label):.2f}",
+                _pct(best),
+            ]
+        rows.append(row)
+    for c0 in [c for c in costs if c.method == MC_METHOD and c.model == models[0]]:
+        if (c0.model, c0.data_size_label, c0.gradient, c0.steps) not in mc_curves:
+            continue
+        row = [
+            variant_label(MC_METHOD, c0.gradient, False),
+            c0.data_size_label,
+            str(c0.steps),
+            f"{c0.forward_equivalents:,}",
+        ]
+        for m in models:
+            c = next((x for x in costs if x.model == m and x.method == MC_METHOD and x.gradient == c0.gradient
+                      and x.data_size_label == c0.data_size_label and x.steps == c0.steps), None)  # fmt: skip
+            row += [
+                f"{c.seconds:.1f}" if c else "-",
+                _pct(mc_curves.get((m, c0.data_size_label, c0.gradient, c0.steps))),
+            ]
+        rows.append(row)
+    return _markdown(header, rows)
+
+
+def _pct(curve) -> str:
+    return f"{100 * _mean_pruned(curve):.1f}" if curve else "-"
+
+
+def mc_claims(results: Sequence[Result], costs: Sequence[Cost]) -> str:
+    """How ``mc_gradient`` compares with the Taylor criteria: at its full budget, at equal compute, in
+    wall time (mean accuracy over the pruning levels; forward-equivalents from :class:`Cost`)."""
+    mc_costs = [c for c in costs if c.method == MC_METHOD]
+    if not mc_costs:
+        return f"- {MC_METHOD} was not run."
+    taylor = _curves([r for r in results if r.method != MC_METHOD])
+    mc: dict[tuple, dict[int, float]] = defaultdict(dict)
+    for r in results:
+        if r.method == MC_METHOD:
+            mc[(r.model, r.data_size_label, r.gradient, r.steps)][r.pruned] = r.accuracy
+    reference = TAYLOR_SHOWN[0]
+    ref_name = variant_label(*reference)
+    lines = []
+    pairs = []
+    for (model, label, gradient, steps), curve in mc.items():
+        last = max(s for (m, lab, g, s) in mc if (m, lab, g) == (model, label, gradient))
+        other = taylor.get((model, label, *reference))
+        if steps == last and other:
+            pairs.append(100 * (_mean_pruned(curve) - _mean_pruned(other)))
+    if pairs:
+        lines.append(
+            f"- {MC_METHOD} after all its steps vs {ref_name} (the library's default), every model, D and "
+            f"gradient: " + _describe(pairs, MC_METHOD, ref_name) + "."
+        )
+    largest = max(c.data_size for c in mc_costs)
+    for model in _models(results):
+        label = next(c.data_size_label for c in mc_costs if c.data_size == largest)
+        passes = [c for c in costs if c.method == "taylor" and c.model == model and c.data_size_label == label]
+        if not passes:
+            continue
+        taylor_fe = passes[0].forward_equivalents
+        taylor_s = _mean(c.seconds for c in passes)
+        best = max((c for k, c in taylor.items() if k[:2] == (model, label)), key=_mean_pruned)
+        ref = taylor.get((model, label, *reference))
+        for gradient in dict.fromkeys(c.gradient for c in mc_costs):
+            mine = [c for c in mc_costs if c.model == model and c.data_size_label == label and c.gradient == gradient]
+            if not mine:
+                continue
+            full, equal = mine[-1], min(mine, key=lambda c: abs(c.forward_equivalents - taylor_fe))
+            name = f"{MODEL_TITLES.get(model, model)}, D={label}, {variant_label(MC_METHOD, gradient, False)}"
+            lines.append(
+                f"- {name}: {full.steps} steps ({full.forward_equivalents / taylor_fe:.3g}x the compute of a Taylor "
+                f"pass, {full.seconds / taylor_s:.3g}x its wall time): "
+                f"{_pct(mc[(model, label, gradient, full.steps)])} % mean accuracy; at about equal compute "
+                f"({equal.steps} steps, {equal.forward_equivalents / taylor_fe:.2g}x): "
+                f"{_pct(mc[(model, label, gradient, equal.steps)])} %; {ref_name} {_pct(ref)} %, "
+                f"best Taylor variant {_pct(best)} %."
+            )
     return "\n".join(lines)

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from .. import __version__
+from ..criteria import MC_METHOD
 from ..optional import require
 from . import data as demo_data
 from . import experiment, plots, report
@@ -25,6 +26,7 @@ from .train import default_cache_dir, trained_model
 class DemoOutputs:
     csv: Path
     markdown: Path
+    costs_csv: Path
     plots: list[Path] = field(default_factory=list)
     models: list[Path] = field(default_factory=list)
     seconds: float = 0.0
@@ -89,8 +91,9 @@ def _run(out_dir, quick, cache_dir, config, command, device, log) -> DemoOutputs
         f"  {len(data.train_x)} training images (importances), {len(data.test_x)} test images (accuracy), "
         f"used at {side}x{side}; weights cache: {cache if cache is not None else 'off'}"
     )
-    outputs = DemoOutputs(out / "results.csv", out / "results.md")
+    outputs = DemoOutputs(out / "results.csv", out / "results.md", out / "costs.csv")
     results: list[experiment.Result] = []
+    costs: list[experiment.Cost] = []
     for arch in config.architectures:
         model, acc, cached = trained_model(arch, data, config, cache, log)
         title = report.MODEL_TITLES.get(arch, arch)
@@ -98,26 +101,34 @@ def _run(out_dir, quick, cache_dir, config, command, device, log) -> DemoOutputs
         path = out / "models" / f"{arch}.pt"
         torch.save(copy.deepcopy(model).cpu(), path)  # a whole-model file for `rgprune-fast score/prune`
         outputs.models.append(path)
-        results += experiment.run(arch, model, data, config, log)
+        model_results, model_costs = experiment.run(arch, model, data, config, log)
+        results += model_results
+        costs += model_costs
     report.write_csv(results, outputs.csv)
+    report.write_costs_csv(costs, outputs.costs_csv)
     for arch in config.architectures:
         name = report.MODEL_TITLES.get(arch, arch)
         title = f"{name} on {data.name.upper()} {side}x{side} ({config.name}): units pruned vs test accuracy"
-        outputs.plots.append(plots.plot_model(results, arch, out / f"pruning_{arch}.png", title))
+        outputs.plots.append(plots.plot_model(report.final(results), arch, out / f"pruning_{arch}.png", title))
+    if config.mc_gradient is not None:
+        title = f"{data.name.upper()} {side}x{side} ({config.name}): mean accuracy over the pruning levels vs compute"
+        outputs.plots.append(plots.plot_compute(results, costs, out / "compute.png", title))
     outputs.seconds = time.perf_counter() - started
     largest = config.data_sizes[-1]
     size_label = "all" if largest is None else str(largest)
-    text = _markdown(results, config, data, size_label, command, outputs.seconds)
+    text = _markdown(results, costs, config, data, size_label, command, outputs.seconds)
     outputs.markdown.write_text(text)
     log("")
     log(text)
-    log(f"wrote {outputs.csv}, {outputs.markdown}, {', '.join(str(p) for p in outputs.plots)}")
+    log(f"wrote {outputs.csv}, {outputs.costs_csv}, {outputs.markdown}, {', '.join(str(p) for p in outputs.plots)}")
     log(f"models for `rgprune-fast score/prune`: {', '.join(str(p) for p in outputs.models)}")
     return outputs
 
 
-def _markdown(results, config: DemoConfig, data, size_label: str, command: str, seconds: float) -> str:
+def _markdown(results, costs, config: DemoConfig, data, size_label: str, command: str, seconds: float) -> str:
     side = data.image_shape[-1]
+    every = results
+    results = report.final(results)
     stamp = datetime.datetime.now().strftime("%Y-%m-%d")
     return "\n".join(
         [
@@ -141,5 +152,29 @@ def _markdown(results, config: DemoConfig, data, size_label: str, command: str, 
             "",
             report.claims(results),
             "",
+            *(_mc_markdown(every, costs, config) if config.mc_gradient is not None else []),
         ]
     )
+
+
+def _mc_markdown(results, costs, config: DemoConfig) -> list[str]:
+    mc = config.mc_gradient
+    return [
+        f"### {MC_METHOD} against the Taylor criteria: compute and wall time",
+        "",
+        f"{MC_METHOD}: {mc.samples} masks per step, {mc.batch} examples per step (all D when fewer), "
+        f"{mc.steps} steps, lr {mc.lr}, keep {mc.keep}; label-free (`_rand`) adds one unmasked forward per step. "
+        "Compute in forward-equivalents: one example through a forward pass = 1, a backward pass = 2; "
+        "a Taylor pass (forward + backward of each of the D examples, all five criteria at once) costs 3 per "
+        "example. Wall times: one thread, each score() call whole (structure probe included), after an "
+        "untimed warm-up call; a Taylor pass's time is the mean over its gradient and normalisation runs.",
+        "",
+        "Mean test accuracy (%) over the pruning levels against compute and wall time (the Taylor "
+        f"criteria get more compute from more examples D, {MC_METHOD} from more steps; at the largest D its "
+        "keep probabilities are also evaluated after fewer steps):",
+        "",
+        report.compute_table(results, costs),
+        "",
+        report.mc_claims(results, costs),
+        "",
+    ]
