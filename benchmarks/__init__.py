@@ -1,1 +1,1 @@
-"""Benchmarks: ``python -m benchmarks.cpu_ratios`` and ``pytest benchmarks/ --benchmark-only``."""
+"""Benchmarks: ``python -m benchmarks.cpp_ratios`` and ``pytest benchmarks/ --benchmark-only``."""
