@@ -11,7 +11,7 @@ from pathlib import Path
 from ..criteria import MC_METHOD
 from ..optional import require
 from .experiment import Cost, Result, variant_label
-from .report import MODEL_TITLES, TAYLOR_SHOWN
+from .report import MODEL_TITLES, TAYLOR_SHOWN, curves_of, mc_curves, mean_pruned
 
 COLORS = {
     "taylorfo": "tab:blue",
@@ -80,21 +80,18 @@ def plot_compute(results: Sequence[Result], costs: Sequence[Cost], path: Path, t
     through its steps (at the largest D) and its other D values (markers only)."""
     plt = _pyplot()
     models = list(dict.fromkeys(r.model for r in results))
-    curves: dict[tuple, dict[int, float]] = defaultdict(dict)
-    for r in results:
-        curves[(r.model, r.data_size_label, r.method, r.gradient, r.normalize, r.steps)][r.pruned] = r.accuracy
-
-    def mean_acc(key):
-        curve = curves[key]
-        levels = [a for p, a in curve.items() if p > 0]
-        return 100 * sum(levels) / len(levels)
+    taylor = curves_of([r for r in results if r.method != MC_METHOD])
+    mc = mc_curves(results)
 
     fig, axes = plt.subplots(1, len(models), figsize=(5.2 * len(models), 4.2), sharey=True, squeeze=False)
     largest = max(c.data_size for c in costs)
     for ax, model in zip(axes[0], models):
         for method, gradient, normalize in TAYLOR_SHOWN:
             points = sorted(
-                (c.forward_equivalents, mean_acc((model, c.data_size_label, method, gradient, normalize, 0)))
+                (
+                    c.forward_equivalents,
+                    100 * mean_pruned(taylor[(model, c.data_size_label, method, gradient, normalize)]),
+                )
                 for c in costs
                 if c.model == model and c.method == "taylor" and c.gradient == gradient and c.normalize == normalize
             )
@@ -103,8 +100,8 @@ def plot_compute(results: Sequence[Result], costs: Sequence[Cost], path: Path, t
             ax.plot(*zip(*points), marker="o", markersize=4, color=COLORS[method], linestyle=style, label=label)
         for gradient in dict.fromkeys(c.gradient for c in costs if c.method == MC_METHOD):
             mine = [c for c in costs if c.model == model and c.method == MC_METHOD and c.gradient == gradient]
-            key = {c: (model, c.data_size_label, MC_METHOD, gradient, False, c.steps) for c in mine}
-            point = {c: (c.forward_equivalents, mean_acc(key[c])) for c in mine}
+            point = {c: (c.forward_equivalents, 100 * mean_pruned(mc[(model, c.data_size_label, gradient, c.steps)]))
+                     for c in mine}  # fmt: skip
             sweep = sorted(point[c] for c in mine if c.data_size == largest)
             style = "--" if gradient == "random" else "-"
             ax.plot(*zip(*sweep), marker="s", markersize=4, color="black", linestyle=style,

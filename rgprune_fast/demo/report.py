@@ -119,7 +119,7 @@ def _markdown(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def _curves(results: Sequence[Result]) -> dict[tuple, dict[int, float]]:
+def curves_of(results: Sequence[Result]) -> dict[tuple, dict[int, float]]:
     """(model, D label, method, gradient, normalize) -> {P: accuracy}."""
     curves: dict[tuple, dict[int, float]] = defaultdict(dict)
     for r in results:
@@ -127,7 +127,7 @@ def _curves(results: Sequence[Result]) -> dict[tuple, dict[int, float]]:
     return curves
 
 
-def _mean_pruned(curve: dict[int, float]) -> float:
+def mean_pruned(curve: dict[int, float]) -> float:
     """Mean accuracy over the pruning levels P > 0 (the area under the pruning curve, normalised)."""
     return mean(a for p, a in curve.items() if p > 0)
 
@@ -142,7 +142,7 @@ def _sizes(results):
 
 def accuracy_table(results: Sequence[Result], size_label: str) -> str:
     """Test accuracy (%) after pruning P units, at one data size, every model side by side."""
-    curves = _curves(results)
+    curves = curves_of(results)
     models = _models(results)
     levels = {m: sorted({r.pruned for r in results if r.model == m and r.pruned > 0}) for m in models}
     units = {m: next(r.units for r in results if r.model == m) for m in models}
@@ -161,7 +161,7 @@ def accuracy_table(results: Sequence[Result], size_label: str) -> str:
 
 def summary_table(results: Sequence[Result]) -> str:
     """Mean test accuracy (%) over the pruning levels, for every model and data size D."""
-    curves = _curves(results)
+    curves = curves_of(results)
     columns = [(m, label, d) for m in _models(results) for label, d in _sizes(results)]
     header = ["method"] + [
         f"{MODEL_TITLES.get(m, m)} D={label if label != 'all' else f'all ({d})'}" for m, label, d in columns
@@ -169,7 +169,7 @@ def summary_table(results: Sequence[Result]) -> str:
     rows = []
     for method, gradient, normalize in _variants(results):
         row = [variant_label(method, gradient, normalize)]
-        row += [f"{100 * _mean_pruned(curves[(m, label, method, gradient, normalize)]):.1f}" for m, label, _ in columns]
+        row += [f"{100 * mean_pruned(curves[(m, label, method, gradient, normalize)]):.1f}" for m, label, _ in columns]
         rows.append(row)
     return _markdown(header, rows)
 
@@ -185,7 +185,7 @@ def _paired(curves, vary: str) -> list[float]:
         else:
             continue
         if other is not None:
-            diffs.append(100 * (_mean_pruned(other) - _mean_pruned(curve)))
+            diffs.append(100 * (mean_pruned(other) - mean_pruned(curve)))
     return diffs
 
 
@@ -202,14 +202,14 @@ def _describe(diffs: list[float], better: str, worse: str) -> str:
 def claims(results: Sequence[Result]) -> str:
     """What the curves say about the paper's claims, computed (mean accuracy over the pruning levels),
     on the Taylor criteria (the paper's subject); ``mc_gradient`` has its own summary (:func:`mc_claims`)."""
-    curves = _curves([r for r in final(results) if r.method != MC_METHOD])
+    curves = curves_of([r for r in final(results) if r.method != MC_METHOD])
     lines = [
         "- random vs label gradient: " + _describe(_paired(curves, "gradient"), "random", "label") + ".",
         "- normalisation: " + _describe(_paired(curves, "normalize"), "norm", "no norm") + ".",
     ]
     by_method: dict[str, list[float]] = defaultdict(list)
     for (_, _, method, _, _), curve in curves.items():
-        by_method[method].append(100 * _mean_pruned(curve))
+        by_method[method].append(100 * mean_pruned(curve))
     ranking = sorted(by_method, key=lambda m: -mean(by_method[m]))
     lines.append(
         "- criteria, mean accuracy over every model, D, gradient and normalisation: "
@@ -261,61 +261,54 @@ def taylor_seconds(costs: Sequence[Cost], model: str, label: str) -> float:
 TAYLOR_SHOWN = (("taylorfo_sq", "random", True), ("taylorfo_sq", "label", False), ("molchanov_bn", "label", False))
 
 
+def mc_curves(results: Sequence[Result]) -> dict[tuple, dict[int, float]]:
+    """``mc_gradient``'s curves, snapshots included: (model, D label, gradient, steps) -> {P: accuracy}."""
+    curves: dict[tuple, dict[int, float]] = defaultdict(dict)
+    for r in results:
+        if r.method == MC_METHOD:
+            curves[(r.model, r.data_size_label, r.gradient, r.steps)][r.pruned] = r.accuracy
+    return curves
+
+
 def compute_table(results: Sequence[Result], costs: Sequence[Cost]) -> str:
     """Mean accuracy over the pruning levels against compute: the Taylor criteria at every D (a pass
     costs 3 forward-equivalents per example), ``mc_gradient`` after each snapshot step at the largest D."""
-    curves = _curves([r for r in results if r.method != MC_METHOD])
-    mc_curves: dict[tuple, dict[int, float]] = defaultdict(dict)
-    for r in results:
-        if r.method == MC_METHOD:
-            mc_curves[(r.model, r.data_size_label, r.gradient, r.steps)][r.pruned] = r.accuracy
+    curves = curves_of([r for r in results if r.method != MC_METHOD])
+    mc = mc_curves(results)
     models = _models(results)
     header = ["scorer", "D", "steps", "forward-equiv."]
     header += [f"{MODEL_TITLES.get(m, m)} {what}" for m in models for what in ("s", "mean acc. %")]
-    rows = []
-    sizes = _sizes(results)
     pass_seconds = defaultdict(list)
     for c in costs:
         if c.method == "taylor":
             pass_seconds[(c.model, c.data_size_label, c.gradient, c.normalize)].append(c.seconds)
+    rows = []
     for method, gradient, normalize in TAYLOR_SHOWN:
-        for label, d in sizes:
+        for label, d in _sizes(results):
             row = [variant_label(method, gradient, normalize), label, "-", f"{3 * d:,}"]
             for m in models:
-                curve = curves.get((m, label, method, gradient, normalize))
-                row += [f"{_mean(pass_seconds[(m, label, gradient, normalize)]):.2f}", _pct(curve)]
+                seconds = _mean(pass_seconds[(m, label, gradient, normalize)])
+                row += [f"{seconds:.2f}", _pct(curves.get((m, label, method, gradient, normalize)))]
             rows.append(row)
-    for label, d in sizes:  # the best of all 20 Taylor variants, chosen after the fact (an upper bound)
+    for label, d in _sizes(results):  # the best of all 20 Taylor variants, chosen after the fact (an upper bound)
         row = ["best Taylor variant (chosen on the test set)", label, "-", f"{3 * d:,}"]
         for m in models:
-            best = max((c for k, c in curves.items() if k[0] == m and k[1] == label), key=_mean_pruned, default=None)
-            row += [
-                f"{taylor_seconds(costs, m, label):.2f}",
-                _pct(best),
-            ]
+            best = max((c for k, c in curves.items() if k[:2] == (m, label)), key=mean_pruned, default=None)
+            row += [f"{taylor_seconds(costs, m, label):.2f}", _pct(best)]
         rows.append(row)
-    for c0 in [c for c in costs if c.method == MC_METHOD and c.model == models[0]]:
-        if (c0.model, c0.data_size_label, c0.gradient, c0.steps) not in mc_curves:
-            continue
-        row = [
-            variant_label(MC_METHOD, c0.gradient, False),
-            c0.data_size_label,
-            str(c0.steps),
-            f"{c0.forward_equivalents:,}",
-        ]
+    runs = {(c.model, c.data_size_label, c.gradient, c.steps): c for c in costs if c.method == MC_METHOD}
+    for label, gradient, steps in dict.fromkeys(key[1:] for key in runs):  # in run order
+        first = next(runs[(m, label, gradient, steps)] for m in models if (m, label, gradient, steps) in runs)
+        row = [variant_label(MC_METHOD, gradient, False), label, str(steps), f"{first.forward_equivalents:,}"]
         for m in models:
-            c = next((x for x in costs if x.model == m and x.method == MC_METHOD and x.gradient == c0.gradient
-                      and x.data_size_label == c0.data_size_label and x.steps == c0.steps), None)  # fmt: skip
-            row += [
-                f"{c.seconds:.1f}" if c else "-",
-                _pct(mc_curves.get((m, c0.data_size_label, c0.gradient, c0.steps))),
-            ]
+            run = runs.get((m, label, gradient, steps))
+            row += [f"{run.seconds:.1f}" if run else "-", _pct(mc.get((m, label, gradient, steps)))]
         rows.append(row)
     return _markdown(header, rows)
 
 
 def _pct(curve) -> str:
-    return f"{100 * _mean_pruned(curve):.1f}" if curve else "-"
+    return f"{100 * mean_pruned(curve):.1f}" if curve else "-"
 
 
 def mc_claims(results: Sequence[Result], costs: Sequence[Cost]) -> str:
@@ -324,11 +317,8 @@ def mc_claims(results: Sequence[Result], costs: Sequence[Cost]) -> str:
     mc_costs = [c for c in costs if c.method == MC_METHOD]
     if not mc_costs:
         return f"- {MC_METHOD} was not run."
-    taylor = _curves([r for r in results if r.method != MC_METHOD])
-    mc: dict[tuple, dict[int, float]] = defaultdict(dict)
-    for r in results:
-        if r.method == MC_METHOD:
-            mc[(r.model, r.data_size_label, r.gradient, r.steps)][r.pruned] = r.accuracy
+    taylor = curves_of([r for r in results if r.method != MC_METHOD])
+    mc = mc_curves(results)
     reference = TAYLOR_SHOWN[0]
     ref_name = variant_label(*reference)
     lines = []
@@ -337,7 +327,7 @@ def mc_claims(results: Sequence[Result], costs: Sequence[Cost]) -> str:
         last = max(s for (m, lab, g, s) in mc if (m, lab, g) == (model, label, gradient))
         other = taylor.get((model, label, *reference))
         if steps == last and other:
-            pairs.append(100 * (_mean_pruned(curve) - _mean_pruned(other)))
+            pairs.append(100 * (mean_pruned(curve) - mean_pruned(other)))
     if pairs:
         lines.append(
             f"- {MC_METHOD} after all its steps vs {ref_name} (the library's default), every model, D and "
@@ -351,7 +341,7 @@ def mc_claims(results: Sequence[Result], costs: Sequence[Cost]) -> str:
             continue
         taylor_fe = passes[0].forward_equivalents
         taylor_s = _mean(c.seconds for c in passes)
-        best = max((c for k, c in taylor.items() if k[:2] == (model, label)), key=_mean_pruned)
+        best = max((c for k, c in taylor.items() if k[:2] == (model, label)), key=mean_pruned)
         ref = taylor.get((model, label, *reference))
         for gradient in dict.fromkeys(c.gradient for c in mc_costs):
             mine = [c for c in mc_costs if c.model == model and c.data_size_label == label and c.gradient == gradient]
