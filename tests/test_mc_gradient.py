@@ -81,18 +81,32 @@ def test_deterministic_and_seeded():
     assert torch.equal(a["0"], b["0"]) and not torch.equal(a["0"], c["0"])
 
 
-def test_cnn_and_transformer_units():
-    model, data = models.make("resnet18"), models.batches("resnet18")
-    theta = rg.score(model, data, method=["mc_gradient"], gradient="label", steps=3, samples=4)["mc_gradient"]
-    assert {k: v.shape for k, v in theta.items()} == {k: v.shape for k, v in rg.score(model, data).items()}
-    assert all(((v >= 0) & (v <= 1)).all() for v in theta.values())
-    if models.import_transformers() is None:
-        return
-    llama, units = models.hf_model("llama")
-    lm_data = [{**i, "labels": lab} for i, lab in models.hf_batches("llama")]
+CNN_MODELS = ("conv_bn_relu", "resnet18", "mobilenet_v2", "densenet121", "vgg_no_bn", "mlp", "token_mlp")
+
+
+@pytest.mark.parametrize("name", CNN_MODELS)
+def test_every_model_of_the_oracle_tests(name):
+    """The same units (keys, sizes) as the Taylor criteria; probabilities in [0, 1]; both gradients."""
+    model, data = models.make(name), models.batches(name)
+    expected = {k: v.shape for k, v in rg.score(model, data).items()}
     for gradient in ("label", "random"):
-        theta = rg.score(llama, lm_data, method="mc_gradient", gradient=gradient, steps=3, samples=4)
+        theta = rg.score(model, data, method=["mc_gradient"], gradient=gradient, steps=2, samples=3)["mc_gradient"]
+        assert {k: v.shape for k, v in theta.items()} == expected
+        assert all(((v >= 0) & (v <= 1)).all() for v in theta.values())
+
+
+@pytest.mark.parametrize("kind", models.HF_MODELS)
+def test_every_transformer_of_the_transformer_tests(kind):
+    """Llama (grouped-query attention, shifted LM labels), GPT-2, BERT and ViT (class labels): head and
+    neuron units, as for the Taylor criteria."""
+    if models.import_transformers() is None:
+        pytest.skip("transformers is not installed")
+    model, units = models.hf_model(kind)
+    data = [{**inputs, "labels": labels} for inputs, labels in models.hf_batches(kind)]
+    for gradient in ("label", "random"):
+        theta = rg.score(model, data, method="mc_gradient", gradient=gradient, steps=2, samples=3)
         assert [(k, v.numel()) for k, v in theta.items()] == units
+        assert all(((v >= 0) & (v <= 1)).all() for v in theta.values())
 
 
 def test_on_step_snapshots_equal_shorter_runs():
