@@ -87,9 +87,9 @@ BN_SHAPES = [  # (shape, channels_last)
 ]
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("shape,channels_last", BN_SHAPES)
-def test_batchnorm_stats(backend, shape, dtype, channels_last):
+def bn_inputs(shape, dtype, channels_last):
+    """An eval BatchNorm's input z (offset, so the mean matters), output gradient dy, running statistics
+    and affine parameters (in the accumulation dtype)."""
     c = shape[1]
     z = (torch.randn(shape) * 2 + 3).to(dtype)
     if channels_last:
@@ -98,6 +98,13 @@ def test_batchnorm_stats(backend, shape, dtype, channels_last):
     acc = torch.float64 if dtype == torch.float64 else torch.float32
     mean, var = torch.randn(c, dtype=acc) + 3, torch.rand(c, dtype=acc) + 0.5
     weight, bias = torch.randn(c, dtype=acc), torch.randn(c, dtype=acc)
+    return z, dy, mean, var, weight, bias
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape,channels_last", BN_SHAPES)
+def test_batchnorm_stats(backend, shape, dtype, channels_last):
+    z, dy, mean, var, weight, bias = bn_inputs(shape, dtype, channels_last)
     scale, shift = weight * torch.rsqrt(var + 1e-5), bias
     dz, s = backend.batchnorm_stats(z, dy, mean, scale, shift, need_dz=True)
     s_ref, dz_ref = bn_reference(z, dy, mean, scale, shift)

@@ -7,7 +7,7 @@ tested under emulation instead (test_cuda_emulated.py)."""
 import pytest
 import torch
 from oracle import rel_err
-from test_backends import BN_SHAPES, DTYPES, LAYOUTS, LOW, bn_reference, check
+from test_backends import BN_SHAPES, DTYPES, LAYOUTS, LOW, bn_inputs, bn_reference, check
 
 from rgprune_fast.backends import load_backend, select_backend, why_unavailable
 
@@ -42,14 +42,8 @@ def test_channel_stats(cuda, layout, dtype, n, c, p):
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("shape,channels_last", BN_SHAPES + [((8, 300, 33, 17), True), ((2, 3, 50000), False)])
 def test_batchnorm_stats(cuda, shape, dtype, channels_last):
-    c = shape[1]
-    z = (torch.randn(shape) * 2 + 3).to(dtype)
-    if channels_last:
-        z = z.contiguous(memory_format=torch.channels_last)
-    dy = torch.randn_like(z, dtype=torch.float32).to(dtype)
-    acc = torch.float64 if dtype == torch.float64 else torch.float32
-    mean, var = torch.randn(c, dtype=acc) + 3, torch.rand(c, dtype=acc) + 0.5
-    scale, shift = torch.randn(c, dtype=acc) * torch.rsqrt(var + 1e-5), torch.randn(c, dtype=acc)
+    z, dy, mean, var, weight, shift = bn_inputs(shape, dtype, channels_last)
+    scale, acc = weight * torch.rsqrt(var + 1e-5), mean.dtype
     dz, s = cuda.batchnorm_stats(on_gpu(z), on_gpu(dy), mean.to(DEV), scale.to(DEV), shift.to(DEV), need_dz=True)
     s_ref, _ = bn_reference(z, dy, mean, scale, shift)
     view = [1, -1] + [1] * (z.dim() - 2)

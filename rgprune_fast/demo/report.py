@@ -12,13 +12,9 @@ from statistics import mean
 from ..criteria import MC_METHOD
 from .experiment import Cost, Result, variant_label
 
+RUN_FIELDS = ("model", "data_size", "data_size_label", "method", "gradient", "normalize")  # both CSVs start so
 CSV_FIELDS = (
-    "model",
-    "data_size",
-    "data_size_label",
-    "method",
-    "gradient",
-    "normalize",
+    *RUN_FIELDS,
     "variant",
     "pruned",
     "units",
@@ -27,12 +23,7 @@ CSV_FIELDS = (
     "steps",
 )
 COST_FIELDS = (
-    "model",
-    "data_size",
-    "data_size_label",
-    "method",
-    "gradient",
-    "normalize",
+    *RUN_FIELDS,
     "steps",
     "forward_examples",
     "backward_examples",
