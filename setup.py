@@ -1,10 +1,12 @@
 """Build script. Metadata lives in pyproject.toml.
 
-Builds the ``rgprune_fast._C`` extension from ``csrc/``: the C++ (CPU) kernels always, the CUDA kernels
-when torch has CUDA and ``nvcc`` is found (``TORCH_CUDA_ARCH_LIST`` is honoured; default: A100, RTX 30,
-RTX 40, H100). It needs torch at build time: ``pip install --no-build-isolation .``. An install never
-fails because of the extension: if it cannot be built, setup warns and the package falls back at run
-time (a just-in-time build from csrc/ where a compiler exists, else the pure-PyTorch backend).
+Builds the extension ``rgprune_fast.backends.extension._C`` from the sources in
+``rgprune_fast/backends/extension/csrc/``: the C++ (CPU) kernels always, the CUDA kernels when torch
+has CUDA and ``nvcc`` is found (``TORCH_CUDA_ARCH_LIST`` is honoured; default: A100, RTX 30, RTX 40,
+H100). It needs torch at build time, so only an install without build isolation builds it
+(``pip install --no-build-isolation .``); a plain ``pip install .`` builds the package without it.
+An install never fails because of the extension: without it the package builds it just in time on
+first use (the sources ship inside the package), or falls back to the pure-PyTorch backend.
 ``RGPRUNE_NO_EXT=1`` skips the extension.
 """
 
@@ -15,6 +17,7 @@ import sys
 from setuptools import setup
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+EXTENSION = os.path.join("rgprune_fast", "backends", "extension")
 
 
 def warn(msg: str) -> None:
@@ -23,7 +26,7 @@ def warn(msg: str) -> None:
 
 
 def build_config():
-    path = os.path.join(HERE, "rgprune_fast", "_build_config.py")
+    path = os.path.join(HERE, EXTENSION, "build_config.py")
     spec = importlib.util.spec_from_file_location("_rgprune_build_config", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -39,7 +42,7 @@ def optional(build_ext_class):
                 super().run()
             except Exception as e:  # noqa: BLE001 - any build failure must not fail the install
                 warn(
-                    f"the C++/CUDA extension rgprune_fast._C was not built: {e}. rgprune_fast falls back to a "
+                    f"the C++/CUDA extension was not built: {e}. rgprune_fast falls back to a "
                     "just-in-time build on first use, or to the pure-PyTorch backend."
                 )
 
@@ -62,10 +65,11 @@ def extensions():
     try:
         import torch
         from torch.utils import cpp_extension
-    except Exception as e:  # noqa: BLE001
-        warn(
-            f"torch is not importable at build time ({e}), so rgprune_fast._C is not built; install with "
-            "`pip install --no-build-isolation .` into an environment that has torch"
+    except Exception as e:  # noqa: BLE001 - the usual case under pip's build isolation
+        print(
+            f"rgprune_fast: torch is not importable at build time ({e}); the C++ extension is built just in time "
+            "on first use instead (or: pip install --no-build-isolation .)",
+            file=sys.stderr,
         )
         return [], {}
     cfg = build_config()
@@ -81,8 +85,8 @@ def extensions():
         print(f"rgprune_fast: building the C++ kernels only ({why_not_cuda})", file=sys.stderr)
     kind = cpp_extension.CUDAExtension if with_cuda else cpp_extension.CppExtension
     ext = kind(
-        name="rgprune_fast._C",
-        sources=[os.path.join("csrc", s) for s in cfg.sources(with_cuda)],
+        name="rgprune_fast.backends.extension._C",
+        sources=[os.path.join(EXTENSION, "csrc", s) for s in cfg.sources(with_cuda)],
         extra_compile_args={"cxx": cfg.cxx_flags(with_cuda), "nvcc": cfg.nvcc_flags()},
         extra_link_args=cfg.link_flags(),
     )

@@ -1,4 +1,4 @@
-"""What every benchmark shares: the floor (DESIGN.md section 4), model builders, timing helpers."""
+"""What every benchmark shares: the floor (docs/design.md, "Performance contract"), model builders, timing helpers."""
 
 from __future__ import annotations
 
@@ -12,16 +12,16 @@ from torch import nn
 
 import rgprune_fast as rg
 from rgprune_fast._torchvision import import_torchvision  # noqa: F401  (re-exported for the benchmarks)
-from rgprune_fast.batches import logits_of, split_batch
-from rgprune_fast.probe import run_probe
-from rgprune_fast.selection import plan_taps
+from rgprune_fast.engine.batching import as_batch, logits_of
+from rgprune_fast.engine.planning import plan_taps
+from rgprune_fast.engine.probe import run_probe
 
 
 def default_modules(model: nn.Module, batch: torch.Tensor) -> list[nn.Module]:
     """The modules ``rg.score`` scores by default (for the floor's stopping point)."""
     was_training = model.training
     model.eval()
-    plans = plan_taps(model, run_probe(model, split_batch(batch[:2], 0)), None, need_group=False)
+    plans = plan_taps(model, run_probe(model, as_batch(batch[:2], 0)), None, molchanov=False)
     model.train(was_training)
     return [p.module for p in plans]
 

@@ -1,4 +1,4 @@
-"""The C++ extension on CPU, measured side by side with the torch backend in one run (issue #4).
+"""The C++ extension on CPU, measured side by side with the torch backend in one run.
 
     python -m benchmarks.cpp_ratios [--repeats 11] [--warmup 2] [--quick]
 
@@ -19,8 +19,9 @@ import sys
 import torch
 
 import rgprune_fast as rg
-from rgprune_fast import _ext, naive
 from rgprune_fast.backends import load_backend
+from rgprune_fast.backends.extension import loader
+from rgprune_fast.scorers import naive
 
 from .common import commit, default_modules, floor_step, frozen, import_torchvision, interleaved_medians, versions
 
@@ -102,10 +103,10 @@ def main() -> None:
     args = ap.parse_args()
     shape, batch, size = ((4, 16, 8, 8), 2, 32) if args.quick else ((64, 256, 28, 28), 32, 64)
     repeats, warmup = (1, 0) if args.quick else (args.repeats, args.warmup)
-    ext = _ext.load()
+    ext = loader.load()
     print(f"# C++ extension vs torch backend on CPU ({machine()})")
     print(
-        f"{versions()}, rgprune_fast._C {ext.how} ({ext.cpu_isa} kernels), commit {commit()}, "
+        f"{versions()}, extension {ext.how} ({ext.cpu_isa} kernels), commit {commit()}, "
         f"{datetime.date.today().isoformat()}"
     )
     print(f"command: python -m benchmarks.cpp_ratios {' '.join(sys.argv[1:])}".rstrip())

@@ -1,4 +1,4 @@
-"""CUDA kernels of rgprune_fast._C vs the Triton kernels (and the torch backend) on a GPU (issue #4).
+"""CUDA kernels of the extension vs the Triton kernels (and the torch backend) on a GPU.
 
     PYTHONPATH=. python -m benchmarks.gpu_cuda_vs_triton [--quick] [--csv out.csv]
 
@@ -20,8 +20,8 @@ import sys
 import torch
 
 import rgprune_fast as rg
-from rgprune_fast import _ext
 from rgprune_fast.backends import load_backend, why_unavailable
+from rgprune_fast.backends.extension import loader
 
 from .common import commit, default_modules, floor_step, frozen, import_torchvision, interleaved_medians, versions
 
@@ -120,7 +120,7 @@ def main() -> None:
     args = ap.parse_args()
     if not torch.cuda.is_available():
         sys.exit("no CUDA device")
-    ext = _ext.load()
+    ext = loader.load()
     backends = {}
     for name in ("cuda", "triton", "torch"):
         reason = why_unavailable(name, DEV)
@@ -131,7 +131,7 @@ def main() -> None:
     shapes = SHAPES[:1] if args.quick else SHAPES
     dtypes = (torch.bfloat16,) if args.quick else (torch.float32, torch.bfloat16)
     print(f"# CUDA extension vs Triton on {torch.cuda.get_device_name()}")
-    print(f"{versions()}, rgprune_fast._C {ext.how}, commit {commit()}, {datetime.date.today().isoformat()}")
+    print(f"{versions()}, extension {ext.how}, commit {commit()}, {datetime.date.today().isoformat()}")
     print(f"command: python -m benchmarks.gpu_cuda_vs_triton {' '.join(sys.argv[1:])}".rstrip() + "\n")
     rows = kernels(backends, shapes, dtypes, 20 if args.quick else 100)
     names = list(backends)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Everything a GPU session owes, in stages that each fit one 10-minute device call:
 #
-#   bash benchmarks/gpu_session.sh tests    # JIT-build _C with CUDA; the CUDA/Triton tests
+#   bash benchmarks/gpu_session.sh tests    # JIT-build the extension with CUDA; the CUDA/Triton tests
 #   bash benchmarks/gpu_session.sh kernels  # CUDA extension vs Triton kernels (GB/s)
 #   bash benchmarks/gpu_session.sh suite    # python -m benchmarks.suite (floor / score / naive, memory)
 #   bash benchmarks/gpu_session.sh llm      # Llama-2-7B shape (needs transformers importable)
@@ -27,7 +27,7 @@ export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-$(python -c 'import torch; p
 
 build_extension() {
   local t0=$SECONDS
-  python -c 'from rgprune_fast import _ext; e = _ext.load(); print("extension:", e.how, "cuda:", e.has_cuda)' \
+  python -c 'from rgprune_fast.backends.extension import loader; e = loader.load(); print("extension:", e.how, "cuda:", e.has_cuda)' \
     2>&1 | tee "$out/build.log"
   echo "build: $((SECONDS - t0)) s" | tee -a "$out/build.log"
 }
@@ -35,7 +35,7 @@ build_extension() {
 case $stage in
   tests)
     build_extension
-    timeout 420 python -m pytest -q -x -p no:cacheprovider \
+    RGPRUNE_TEST_REQUIRE=torch@cuda,cuda@cuda,triton@cuda timeout 420 python -m pytest -q -x -p no:cacheprovider \
       tests/test_cuda_ext.py tests/test_triton.py tests/test_backends.py tests/test_score_oracle.py \
       2>&1 | tee "$out/tests.log"
     ;;

@@ -1,5 +1,5 @@
-"""Tables (markdown, with ratios and PASS/MISS against DESIGN.md section 4) and PNG plots of the
-suite's rows. Ratios are always computed from the rows' fields."""
+"""Tables (markdown, with ratios and PASS/MISS against the performance contract of docs/design.md) and
+PNG plots of the suite's rows. Ratios are always computed from the rows' fields."""
 
 from __future__ import annotations
 

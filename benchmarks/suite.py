@@ -4,7 +4,7 @@ reduction kernels vs the device's copy bandwidth, side by side in one run.
     PYTHONPATH=. python -m benchmarks.suite --out DIR            # GPU sizes when CUDA is present
     PYTHONPATH=. python -m benchmarks.suite --quick --out DIR    # small sizes (CPU-friendly)
 
-Writes ``DIR/results.json`` (rows as in issue #5), ``DIR/results.md`` (tables, ratios, PASS/MISS)
+Writes ``DIR/results.json`` (one row per configuration and scorer), ``DIR/results.md`` (tables, ratios, PASS/MISS)
 and PNG plots (with matplotlib). Every number of a configuration comes from one process, measured
 round-robin (floor, score per backend, naive, train step, floor, ...) after warm-up, median of
 ``--repeats``. ``score_ms`` is per batch of a call over ``--batches-per-call`` batches (the structure
@@ -28,8 +28,8 @@ from pathlib import Path
 import torch
 
 import rgprune_fast as rg
-from rgprune_fast import naive
 from rgprune_fast.backends import why_unavailable
+from rgprune_fast.scorers import naive
 
 from . import report
 from .common import commit, default_modules, floor_step, interleaved_medians, sync

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 import rgprune_fast as rg
-from rgprune_fast import naive
 from rgprune_fast.backends import why_unavailable
+from rgprune_fast.scorers import naive
 
 from .common import default_modules, floor_step, frozen, import_torchvision, sync
 

@@ -1,4 +1,4 @@
-"""The benchmark suite runs end to end in quick mode and writes what issue #5 specifies."""
+"""The benchmark suite runs end to end in quick mode and writes its results, tables and plots."""
 
 import json
 

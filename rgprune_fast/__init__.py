@@ -1,13 +1,20 @@
-"""rgprune_fast: fast Taylor / random-gradient importance scores for pruning PyTorch networks."""
+"""rgprune_fast: fast Taylor / random-gradient importance scores for pruning PyTorch networks.
 
-from .api import score
-from .criteria import METHODS
+``score`` (the Taylor criteria, one forward + backward) and ``mc_gradient`` (Monte-Carlo keep
+probabilities) are the two scorers; ``rgprune_fast.pruning`` turns scores into masks and smaller
+networks; ``rgprune-fast`` (``rgprune_fast.cli``) is the command line. docs/design.md draws the rooms.
+"""
+
+from .criteria import CRITERIA, METHODS
 from .errors import BackendUnavailableError, EmptyDataError, NonFiniteStatisticsError, UnsupportedModuleError
+from .scorers.mc_gradient import score as mc_gradient
+from .scorers.taylor import score
 from .units import Unit
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "CRITERIA",
     "METHODS",
     "BackendUnavailableError",
     "EmptyDataError",
@@ -15,5 +22,6 @@ __all__ = [
     "Unit",
     "UnsupportedModuleError",
     "__version__",
+    "mc_gradient",
     "score",
 ]

@@ -1,7 +1,7 @@
 """Import torchvision on any torch build.
 
 The registry's torchvision is a CUDA build; on CPU torch its ``import`` fails with "operator
-torchvision::nms does not exist" (DESIGN.md section 6). Registering the two op schemas it looks up at
+torchvision::nms does not exist". Registering the two op schemas it looks up at
 import time (``torchvision::nms``, ``torchvision::qnms``) is enough for models, datasets and transforms.
 """
 

@@ -10,21 +10,23 @@ SIDES = ("output", "input")
 @dataclass(frozen=True)
 class Unit:
     """The channels of module ``name``'s output (``side="output"``, the default) or input
-    (``side="input"``, always its last dim), optionally summed over contiguous groups of ``group``
-    channels before the abs/square (e.g. attention heads: the input of the attention output projection
-    with ``group=head_dim``). Scores come back under :attr:`key` with ``channels // group`` entries."""
+    (``side="input"``, always its last dim). ``channels_per_unit`` contiguous channels make one unit:
+    their statistics are summed before the abs/square (e.g. an attention head is ``head_dim``
+    channels of the input of the attention output projection). Scores come back under :attr:`key`
+    with ``channels // channels_per_unit`` entries."""
 
     name: str
     side: str = "output"
-    group: int = 1
+    channels_per_unit: int = 1
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name:
             raise ValueError(f"Unit name must be a submodule name, got {self.name!r}")
         if self.side not in SIDES:
             raise ValueError(f"Unit side must be 'output' or 'input', got {self.side!r}")
-        if not isinstance(self.group, int) or isinstance(self.group, bool) or self.group < 1:
-            raise ValueError(f"Unit group must be a positive int, got {self.group!r}")
+        width = self.channels_per_unit
+        if not isinstance(width, int) or isinstance(width, bool) or width < 1:
+            raise ValueError(f"Unit channels_per_unit must be a positive int, got {width!r}")
 
     @property
     def key(self) -> str:

@@ -1,4 +1,6 @@
-"""The test model zoo: small nets plus torchvision models at 32x32, with non-trivial BN statistics."""
+"""The test model zoo (``ZOO``): small nets plus torchvision models at 32x32, with non-trivial BN
+statistics, each with the units the default selection must score (:func:`expected_units`, written out
+here independently of the selection code)."""
 
 from __future__ import annotations
 
@@ -74,6 +76,28 @@ class TokenMLP(nn.Module):
         h = self.act(self.up(x))
         h = self.norm(self.mix(h) + h)
         return self.head(h)
+
+
+ZOO = ("conv_bn_relu", "vgg_no_bn", "mlp", "token_mlp", "resnet18", "mobilenet_v2", "densenet121")
+
+
+def _bn_names(model: nn.Module) -> list[str]:
+    return [n for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+def expected_units(name: str, model: nn.Module) -> list[str]:
+    """The modules the default selection scores, in ``named_modules()`` order: every BatchNorm, and every
+    Conv/Linear not feeding a BatchNorm except the output layer."""
+    if name in ("resnet18", "mobilenet_v2", "conv_bn_relu"):
+        return _bn_names(model)  # every conv feeds a BN; the classifier is the output
+    if name == "densenet121":  # conv2 of a dense layer and the transition convs feed concatenations / pooling
+        keep = set(_bn_names(model)) | {
+            n
+            for n, m in model.named_modules()
+            if isinstance(m, nn.Conv2d) and (n.endswith("conv2") or "transition" in n)
+        }
+        return [n for n, _ in model.named_modules() if n in keep]
+    return {"vgg_no_bn": ["0", "2", "5", "9"], "mlp": ["0", "2"], "token_mlp": ["up", "mix"]}[name]
 
 
 def torchvision_model(name: str, classes: int = 10) -> nn.Module:

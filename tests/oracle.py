@@ -1,4 +1,4 @@
-"""Float64 brute-force oracle, independent of the taps (DESIGN.md section 1).
+"""Float64 brute-force oracle of whole scoring calls, independent of the taps (docs/design.md, "The mathematics").
 
 Forward hooks capture every call's output of each scored module and hand a *clone* downstream, so
 in-place ops cannot touch the captured tensor; ``torch.autograd.grad`` gives ``dx`` for the captured
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 
+import reference
 import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
@@ -74,7 +75,7 @@ def _spec(entry):
     """(key, module name, side, group) of a names entry: a module name or an ``rg.Unit``."""
     if isinstance(entry, str):
         return entry, entry, "output", 1
-    return entry.key, entry.name, entry.side, entry.group
+    return entry.key, entry.name, entry.side, entry.channels_per_unit
 
 
 def _input_weights(module):
@@ -153,8 +154,7 @@ def oracle_scores(
                 dx = next(dx_iter)
                 x, dx = x.double(), (torch.zeros_like(x) if dx is None else dx).double()
                 cdim = _channel_dim(module, x) if module is not None else x.dim() - 1
-                dims = [d for d in range(1, x.dim()) if d != cdim]
-                s = s + ((x * dx).sum(dims) if dims else x * dx)
+                s = s + reference.channel_stats(x, dx, cdim)
             s_rows[key].append(s.view(s.shape[0], -1, size).sum(-1))
             if key in groups:
                 term = 0
@@ -182,10 +182,3 @@ def oracle_scores(
                 raise ValueError(method)
             out[method][key] = v
     return out
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Relative error of a whole per-module vector: ||a - b|| / ||b||."""
-    a, b = a.detach().double(), b.detach().double()
-    denom = b.norm()
-    return float((a - b).norm() / denom) if denom > 0 else float((a - b).norm())

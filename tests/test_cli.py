@@ -288,7 +288,7 @@ def test_state_dict_given_as_model_and_weights_that_do_not_fit(capsys, tmp_path)
 def test_missing_torch_pruning_is_named(capsys, tmp_path, monkeypatch):
     scores = _scores(capsys, tmp_path, "resnet18")
     monkeypatch.setitem(sys.modules, "torch_pruning", None)  # as if not installed
-    monkeypatch.delitem(sys.modules, "rgprune_fast.tp_adaptor", raising=False)
+    monkeypatch.delitem(sys.modules, "rgprune_fast.pruning.tp_adaptor", raising=False)
     code, _, err = run(capsys, "prune", "resnet18", scores, "--ratio", 0.2, "--physical", "--out", tmp_path / "x.pt")
     assert code == 2 and "'torch-pruning', which is not installed: pip install torch-pruning" in err
 

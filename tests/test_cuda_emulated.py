@@ -1,8 +1,8 @@
-"""The CUDA kernels (csrc/stats_cuda.cu) run on the CPU under a small emulation of the CUDA features
-they use (tests/cuda_emu/emu.h), against a float64 reference: both layouts, padded strides, every dtype
-and op, split and unsplit reductions, and the vector-load and element-wise paths agreeing bit for bit.
-This checks their logic where there is no GPU; speed and the real compiler are checked on a GPU
-(tests/test_cuda_ext.py) and by `nvcc` in CI."""
+"""The CUDA kernels (rgprune_fast/backends/extension/csrc/stats_cuda.cu) run on the CPU under a small
+emulation of the CUDA features they use (tests/cuda_emu/emu.h), against a float64 reference: both
+layouts, padded strides, every dtype and op, split and unsplit reductions, and the vector-load and
+element-wise paths agreeing bit for bit. This checks their logic where there is no GPU; speed and the
+real compiler are checked on a GPU (test_backends.py's cuda pairs, test_cuda_ext.py) and by `nvcc` in CI."""
 
 import re
 import shutil
@@ -13,12 +13,13 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 EMU = ROOT / "tests" / "cuda_emu"
+CSRC = ROOT / "rgprune_fast" / "backends" / "extension" / "csrc"
 CXX = shutil.which("g++")
 
 
 def emulated_source() -> str:
     """stats_cuda.cu with the two pieces of CUDA syntax plain C++ lacks rewritten for emu.h."""
-    src = (ROOT / "csrc" / "stats_cuda.cu").read_text()
+    src = (CSRC / "stats_cuda.cu").read_text()
     src, launches = re.subn(r"([A-Za-z_][\w:]*(?:<[^<>;]*>)?)<<<(.*?)>>>\(", r"::emu::launch(\1, \2)(", src)
     assert launches >= 4, "expected the kernel launches of stats_cuda.cu"
     decl = "extern __shared__ unsigned char smem_raw[];"
@@ -31,7 +32,7 @@ def test_cuda_kernels_emulated(tmp_path):
     source = tmp_path / "stats_cuda_emulated.cpp"
     source.write_text(emulated_source())
     exe = tmp_path / "driver"
-    cmd = [CXX, "-std=c++20", "-O1", "-pthread", "-Wno-unknown-pragmas", f"-I{EMU}", f"-I{ROOT / 'csrc'}"]
+    cmd = [CXX, "-std=c++20", "-O1", "-pthread", "-Wno-unknown-pragmas", f"-I{EMU}", f"-I{CSRC}"]
     subprocess.run([*cmd, str(source), str(EMU / "driver.cpp"), "-o", str(exe)], check=True)
     out = subprocess.run([str(exe)], capture_output=True, text=True, timeout=600)
     assert out.returncode == 0 and " 0 failures" in out.stdout, out.stdout[-4000:] + out.stderr[-2000:]

@@ -7,10 +7,10 @@ import torch
 from torch import nn
 
 import rgprune_fast as rg
-from rgprune_fast import batches as batching
-from rgprune_fast.mc_gradient import centred_ranks, replicate, sample_masks
-from rgprune_fast.probe import run_probe
-from rgprune_fast.selection import plan_taps, resolve_units
+from rgprune_fast.engine.batching import as_batch, logits_of, replicate
+from rgprune_fast.engine.planning import plan_taps, resolve_units
+from rgprune_fast.engine.probe import run_probe
+from rgprune_fast.scorers.mc_gradient import centred_ranks, sample_masks
 
 
 def toy():
@@ -33,14 +33,14 @@ def toy():
 @pytest.mark.parametrize("gradient", ["label", "random"])
 def test_units_without_signal_get_low_keep_probability(gradient):
     model, data = toy()
-    theta = rg.score(model, data, method="mc_gradient", gradient=gradient, modules="0", steps=150, keep=0.5)["0"]
+    theta = rg.mc_gradient(model, data, gradient=gradient, modules="0", steps=150, keep=0.5)["0"]
     assert theta.shape == (8,)
     assert theta[4:].max() < 0.25 < 0.75 < theta[:4].min(), theta
 
 
 def conv_plans(model, batch, modules=None):
-    probe = run_probe(model, batching.split_batch(batch, 0))
-    return plan_taps(model, probe, resolve_units(model, modules), need_group=False)
+    probe = run_probe(model, as_batch(batch))
+    return plan_taps(model, probe, resolve_units(model, modules), molchanov=False)
 
 
 def test_masked_forward_equals_explicitly_masked_model():
@@ -67,7 +67,7 @@ def test_k_batched_forward_equals_k_separate_forwards():
     drawn = {p.key: torch.bernoulli(torch.full((k, p.units), 0.7), generator=g) for p in plans}
     with torch.no_grad():
         with sample_masks(plans, {key: m.repeat_interleave(n, 0) for key, m in drawn.items()}):
-            batched = model(*replicate(batching.split_batch(x, 0), k, n).args)
+            batched = model(*replicate(as_batch(x), k, n).args)
         for i in range(k):
             with sample_masks(plans, {key: m[i : i + 1].expand(n, -1) for key, m in drawn.items()}):
                 torch.testing.assert_close(batched[i * n : (i + 1) * n], model(x), rtol=1e-4, atol=1e-5)
@@ -75,54 +75,72 @@ def test_k_batched_forward_equals_k_separate_forwards():
 
 def test_deterministic_and_seeded():
     model, data = toy()
-    a = rg.score(model, data, method="mc_gradient", modules="0", steps=20, seed=1)
-    b = rg.score(model, data, method="mc_gradient", modules="0", steps=20, seed=1)
-    c = rg.score(model, data, method="mc_gradient", modules="0", steps=20, seed=2)
+    a = rg.mc_gradient(model, data, modules="0", steps=20, seed=1)
+    b = rg.mc_gradient(model, data, modules="0", steps=20, seed=1)
+    c = rg.mc_gradient(model, data, modules="0", steps=20, seed=2)
     assert torch.equal(a["0"], b["0"]) and not torch.equal(a["0"], c["0"])
 
 
-CNN_MODELS = ("conv_bn_relu", "resnet18", "mobilenet_v2", "densenet121", "vgg_no_bn", "mlp", "token_mlp")
+def assert_every_unit_is_masked(model, batch):
+    """One batched forward in which replica i switches off every channel of unit spec i alone: each
+    replica's output must differ from the unmasked one, so every mask reaches its units."""
+    batch = as_batch(batch)
+    plans = plan_taps(model, run_probe(model, batch), None, molchanov=False)
+    with torch.no_grad():
+        reference = logits_of(batch.call(model))
+        n, k = reference.shape[0], len(plans)
+        masks = {p.key: torch.ones(k * n, p.channels) for p in plans}
+        for i, p in enumerate(plans):
+            masks[p.key][i * n : (i + 1) * n] = 0
+        with sample_masks(plans, masks):
+            masked = logits_of(replicate(batch, k, n).call(model))
+    for i, p in enumerate(plans):
+        assert not torch.equal(masked[i * n : (i + 1) * n], reference), p.key
 
 
-@pytest.mark.parametrize("name", CNN_MODELS)
+@pytest.mark.parametrize("name", models.ZOO)
 def test_every_model_of_the_oracle_tests(name):
-    """The same units (keys, sizes) as the Taylor criteria; probabilities in [0, 1]; both gradients."""
+    """The same units (keys, sizes) as the Taylor criteria with both gradients, deterministic, and
+    masks that reach every unit."""
     model, data = models.make(name), models.batches(name)
-    expected = {k: v.shape for k, v in rg.score(model, data).items()}
+    expected = {k: (v.numel(),) for k, v in rg.score(model, data).items()}
+    assert list(expected) == models.expected_units(name, model)
     for gradient in ("label", "random"):
-        theta = rg.score(model, data, method=["mc_gradient"], gradient=gradient, steps=2, samples=3)["mc_gradient"]
-        assert {k: v.shape for k, v in theta.items()} == expected
-        assert all(((v >= 0) & (v <= 1)).all() for v in theta.values())
+        theta = rg.mc_gradient(model, data, gradient=gradient, steps=2, samples=3)
+        assert {k: tuple(v.shape) for k, v in theta.items()} == expected
+        again = rg.mc_gradient(model, data, gradient=gradient, steps=2, samples=3)
+        assert all(torch.equal(theta[k], again[k]) for k in theta)
+    assert_every_unit_is_masked(model, data[0][0])
 
 
 @pytest.mark.parametrize("kind", models.HF_MODELS)
 def test_every_transformer_of_the_transformer_tests(kind):
     """Llama (grouped-query attention, shifted LM labels), GPT-2, BERT and ViT (class labels): head and
-    neuron units, as for the Taylor criteria."""
+    neuron units, as for the Taylor criteria, and masks that reach every unit."""
     if models.import_transformers() is None:
         pytest.skip("transformers is not installed")
     model, units = models.hf_model(kind)
     data = [{**inputs, "labels": labels} for inputs, labels in models.hf_batches(kind)]
     for gradient in ("label", "random"):
-        theta = rg.score(model, data, method="mc_gradient", gradient=gradient, steps=2, samples=3)
+        theta = rg.mc_gradient(model, data, gradient=gradient, steps=2, samples=3)
         assert [(k, v.numel()) for k, v in theta.items()] == units
-        assert all(((v >= 0) & (v <= 1)).all() for v in theta.values())
+    assert_every_unit_is_masked(model, models.hf_batches(kind)[0][0])
 
 
 def test_on_step_snapshots_equal_shorter_runs():
     model, data = toy()
     seen = {}
-    final = rg.score(model, data, method="mc_gradient", modules="0", steps=9, on_step=seen.__setitem__)
+    final = rg.mc_gradient(model, data, modules="0", steps=9, on_step=seen.__setitem__)
     assert sorted(seen) == list(range(1, 10)) and torch.equal(seen[9]["0"], final["0"])
     for steps in (1, 4):
-        assert torch.equal(seen[steps]["0"], rg.score(model, data, method="mc_gradient", modules="0", steps=steps)["0"])
+        assert torch.equal(seen[steps]["0"], rg.mc_gradient(model, data, modules="0", steps=steps)["0"])
     assert not torch.equal(seen[4]["0"], seen[9]["0"])
 
 
 def test_one_pass_iterators_are_cycled():
     model, data = toy()
-    a = rg.score(model, data[:2], method="mc_gradient", modules="0", steps=7)
-    b = rg.score(model, iter(data[:2]), method="mc_gradient", modules="0", steps=7)
+    a = rg.mc_gradient(model, data[:2], modules="0", steps=7)
+    b = rg.mc_gradient(model, iter(data[:2]), modules="0", steps=7)
     assert torch.equal(a["0"], b["0"])
 
 
@@ -134,19 +152,19 @@ def test_centred_ranks():
 
 def test_errors():
     model, data = toy()
-    with pytest.raises(ValueError, match="cannot be combined"):
-        rg.score(model, data, method=["mc_gradient", "taylorfo"])
+    with pytest.raises(ValueError, match="unknown method 'mc_gradient'.*rgprune_fast.mc_gradient"):
+        rg.score(model, data, method="mc_gradient")
     with pytest.raises(ValueError, match="gradient='label'"):
-        rg.score(model, data, method="mc_gradient", gradient=lambda o, b: o)
+        rg.mc_gradient(model, data, gradient=lambda o, b: o)
     with pytest.raises(ValueError, match="keep must lie in"):
-        rg.score(model, data, method="mc_gradient", keep=1.5)
+        rg.mc_gradient(model, data, keep=1.5)
     with pytest.raises(ValueError, match="samples must be a positive int"):
-        rg.score(model, data, method="mc_gradient", samples=0)
-    with pytest.raises(TypeError, match="options of method 'mc_gradient' only"):
+        rg.mc_gradient(model, data, samples=0)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'steps'"):
         rg.score(model, data, method="taylorfo", steps=3)
     with pytest.raises(TypeError, match="on_step must be callable"):
-        rg.score(model, data, method="mc_gradient", on_step=3)
+        rg.mc_gradient(model, data, on_step=3)
     with pytest.raises(ValueError, match="needs targets"):
-        rg.score(model, [x for x, _ in data], method="mc_gradient", gradient="label")
+        rg.mc_gradient(model, [x for x, _ in data], gradient="label")
     with pytest.raises(rg.EmptyDataError):
-        rg.score(model, [], method="mc_gradient")
+        rg.mc_gradient(model, [])

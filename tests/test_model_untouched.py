@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import rgprune_fast as rg
-from rgprune_fast import naive
+from rgprune_fast.scorers import naive
 
 
 def snapshot(model):

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 import rgprune_fast as rg
-from rgprune_fast.prune import (
+from rgprune_fast.pruning import (
     apply_masks,
     bake_masks,
     check_scores_fit,

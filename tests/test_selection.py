@@ -2,44 +2,26 @@
 
 import models
 import pytest
-from oracle import oracle_scores, rel_err
+from oracle import oracle_scores
+from reference import rel_err
 from torch import nn
 
 import rgprune_fast as rg
-from rgprune_fast.batches import split_batch
-from rgprune_fast.probe import run_probe
-from rgprune_fast.selection import plan_taps, resolve_units
-
-
-def bn_names(model):
-    return [n for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+from rgprune_fast.engine.batching import as_batch
+from rgprune_fast.engine.planning import plan_taps, resolve_units
+from rgprune_fast.engine.probe import run_probe
 
 
 def plans_of(name, modules=None):
     model, data = models.make(name), models.batches(name)
-    probe = run_probe(model, split_batch(data[0], 0))
-    return model, plan_taps(model, probe, resolve_units(model, modules), need_group=False)
+    probe = run_probe(model, as_batch(data[0], 0))
+    return model, plan_taps(model, probe, resolve_units(model, modules), molchanov=False)
 
 
-def expected_default(name, model):
-    if name in ("resnet18", "mobilenet_v2", "conv_bn_relu"):
-        return bn_names(model)
-    if name == "densenet121":
-        keep = set(bn_names(model)) | {
-            n
-            for n, m in model.named_modules()
-            if isinstance(m, nn.Conv2d) and (n.endswith("conv2") or "transition" in n)
-        }
-        return [n for n, _ in model.named_modules() if n in keep]
-    return {"vgg_no_bn": ["0", "2", "5", "9"], "mlp": ["0", "2"], "token_mlp": ["up", "mix"]}[name]
-
-
-@pytest.mark.parametrize(
-    "name", ["conv_bn_relu", "vgg_no_bn", "mlp", "token_mlp", "resnet18", "mobilenet_v2", "densenet121"]
-)
+@pytest.mark.parametrize("name", models.ZOO)
 def test_default_selection(name):
     model, plans = plans_of(name)
-    assert [p.name for p in plans] == expected_default(name, model)
+    assert [p.name for p in plans] == models.expected_units(name, model)
 
 
 def test_tap_kinds():
@@ -76,10 +58,15 @@ def test_modules_by_name_type_and_object():
 def test_explicit_modules_outside_the_default_match_oracle():
     """A conv feeding a BN (scored together with that BN) and a LayerNorm."""
     methods = ["taylorfo", "taylorfo_sq", "molchanov_group"]
-    for name, modules in [("resnet18", ["conv1", "layer1.0.conv2", "layer1.0.bn2"]), ("token_mlp", ["norm", "up"])]:
+    cases = [
+        ("resnet18", ["conv1", "layer1.0.conv2", "layer1.0.bn2"], ["conv1", "layer1.0.conv2", "layer1.0.bn2"]),
+        ("token_mlp", ["norm", "up"], ["up", "norm"]),  # results in named_modules() order
+    ]
+    for name, modules, keys in cases:
         model, data = models.make(name), models.batches(name)
         ours = rg.score(model, data, modules=modules, method=methods)
-        ref = oracle_scores(model, data, list(ours["taylorfo"]), methods, "random", True, dtype=None)
+        assert list(ours["taylorfo"]) == keys
+        ref = oracle_scores(model, data, keys, methods, "random", True, dtype=None)
         for m in methods:
             for k in ref[m]:
                 assert rel_err(ours[m][k], ref[m][k]) <= 1e-5, (m, k)

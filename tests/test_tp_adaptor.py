@@ -16,12 +16,13 @@ from types import SimpleNamespace
 import models
 import pytest
 import torch
-import torch_pruning as tp
 from torch import nn
 
 import rgprune_fast as rg
-from rgprune_fast.prune import apply_masks, masks
-from rgprune_fast.tp_adaptor import ScoreImportance, output_layers, prune_physically
+from rgprune_fast.pruning import apply_masks, masks
+
+tp = pytest.importorskip("torch_pruning", reason="physical pruning needs torch-pruning (the test extra has it)")
+from rgprune_fast.pruning.tp_adaptor import ScoreImportance, output_layers, prune_physically  # noqa: E402
 
 
 def params(model):

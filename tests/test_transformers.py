@@ -4,7 +4,8 @@ label gradients, against the float64-reduction oracle; checkpointing, torch.comp
 import models
 import pytest
 import torch
-from oracle import oracle_scores, rel_err
+from oracle import oracle_scores
+from reference import rel_err
 
 import rgprune_fast as rg
 
@@ -59,8 +60,8 @@ def test_explicit_units_output_and_groups():
     units = [
         rg.Unit("model.layers.0.mlp.up_proj"),  # output channels
         rg.Unit("model.layers.0.mlp.down_proj", "input"),
-        rg.Unit("model.layers.1.self_attn.q_proj", "output", group=8),  # query heads at the projection output
-        rg.Unit("model.layers.1.self_attn.o_proj", "input", group=16),  # pairs of heads
+        rg.Unit("model.layers.1.self_attn.q_proj", "output", channels_per_unit=8),  # query heads at q_proj output
+        rg.Unit("model.layers.1.self_attn.o_proj", "input", channels_per_unit=16),  # pairs of heads
     ]
     ours = rg.score(model, as_dicts(batches), modules=units, method=METHODS, gradient="label")
     assert list(ours["taylorfo"]) == [u.key for u in units]
@@ -109,7 +110,7 @@ def test_meta_model_is_refused():
 def test_bad_units():
     model, _ = models.hf_model("llama")
     data = as_dicts(models.hf_batches("llama"))
-    with pytest.raises(ValueError, match="groups of 5 do not divide"):
+    with pytest.raises(ValueError, match="units of 5 channels do not divide"):
         rg.score(model, data, modules=rg.Unit("model.layers.0.mlp.down_proj", "input", 5))
     with pytest.raises(ValueError, match="side must be"):
         rg.Unit("x", "middle")
@@ -120,7 +121,7 @@ def test_bad_units():
 
 
 def test_naive_matches_on_transformer_units():
-    from rgprune_fast import naive
+    from rgprune_fast.scorers import naive
 
     model, _ = models.hf_model("bert")
     data = as_dicts(models.hf_batches("bert"))

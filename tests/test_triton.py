@@ -1,110 +1,95 @@
-"""Triton-specific checks (the shared backend matrix in test_backends.py covers layouts and dtypes):
-position splits, poisoned outputs, the fused criteria update, op registration, and score() end to end
-with backend="triton". Without a GPU these run under the Triton interpreter (tests/conftest.py)."""
+"""Triton-specific checks (the matrix in test_backends.py covers layouts, dtypes and the criteria
+update): position splits with poisoned outputs, the two-stage reduction's fixed order, op
+registration, score() end to end, and Triton as an optional dependency. Without a GPU these run under
+the Triton interpreter (tests/conftest.py)."""
+
+import subprocess
+import sys
 
 import models
 import pytest
+import reference as ref
 import torch
-from oracle import oracle_scores, rel_err
+from oracle import oracle_scores
 
 import rgprune_fast as rg
 from rgprune_fast.backends import why_unavailable
-from rgprune_fast.criteria import ChannelAccumulator, fold_torch
 
-pytestmark = pytest.mark.skipif(
-    why_unavailable("triton", torch.device("cpu")) is not None and not torch.cuda.is_available(),
-    reason="triton is not installed",
-)
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+pytestmark = pytest.mark.skipif(
+    why_unavailable("triton", DEVICE) is not None, reason=f"triton on {DEVICE}: {why_unavailable('triton', DEVICE)}"
+)
 
 
 @pytest.fixture()
 def poisoned():
-    from rgprune_fast.backends import triton_common
+    """Outputs pre-filled with NaN: an element a kernel forgets to write shows up."""
+    from rgprune_fast.backends.triton import common
 
-    triton_common.POISON_OUTPUTS = True
+    common.POISON_OUTPUTS = True
     yield
-    triton_common.POISON_OUTPUTS = False
-
-
-def f64(*tensors):
-    return [t.double() for t in tensors]
+    common.POISON_OUTPUTS = False
 
 
 @pytest.mark.parametrize("split", [1, 2, 5])
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_position_splits_agree(poisoned, split, channels_last):
-    from rgprune_fast.backends.triton_batchnorm import batchnorm_stats_op, batchnorm_stats_reference
-    from rgprune_fast.backends.triton_relu import relu_stats_op, relu_stats_reference
-    from rgprune_fast.backends.triton_stats import channel_stats_op, channel_stats_reference
+    from rgprune_fast.backends.triton.batchnorm_stats import batchnorm_stats_op
+    from rgprune_fast.backends.triton.channel_stats import channel_stats_op
+    from rgprune_fast.backends.triton.relu_stats import relu_stats_op
 
     x = torch.randn(2, 3, 17, 9, device=DEVICE)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     dx = torch.randn_like(x)
     s = channel_stats_op(x, dx, 1, split)
-    assert rel_err(s, channel_stats_reference(*f64(x, dx), 1)) < 1e-6
-    mean, scale, shift = (
-        torch.randn(3, device=DEVICE),
-        torch.rand(3, device=DEVICE) + 0.5,
-        torch.randn(3, device=DEVICE),
-    )
-    dz, s_bn = batchnorm_stats_op(x, dx, mean, scale, shift, True, split)
-    dz_ref, s_bn_ref = batchnorm_stats_reference(*f64(x, dx, mean, scale, shift))
-    assert rel_err(s_bn, s_bn_ref) < 1e-6 and rel_err(dz, dz_ref) < 1e-6
+    ref.assert_stats_close(s, ref.channel_stats(x, dx, 1), torch.float32)
+    mean, scale, shift = torch.randn(3), torch.rand(3) + 0.5, torch.randn(3)
+    dz, s_bn = batchnorm_stats_op(x, dx, *(v.to(DEVICE) for v in (mean, scale, shift)), True, split)
+    s_bn_ref, dz_ref = ref.batchnorm_stats(x, dx, mean, scale, shift)
+    ref.assert_stats_close(s_bn, s_bn_ref, torch.float32)
+    assert ref.rel_err(dz, dz_ref) <= 1e-6
     assert dz.stride() == dx.stride()  # same memory format as the incoming gradient
     r = torch.relu(x)
     dr, s_relu = relu_stats_op(r, dx, 6.0, True, 1, True, split)
-    dr_ref, s_relu_ref = relu_stats_reference(*f64(r, dx), 6.0, 1)
-    assert torch.equal(dr.double(), dr_ref) and rel_err(s_relu, s_relu_ref) < 1e-6
+    dr_ref, s_relu_ref = ref.relu_stats(r, dx, 6.0, 1)
+    assert torch.equal(dr.cpu(), dr_ref)
+    ref.assert_stats_close(s_relu, s_relu_ref, torch.float32)
     for out in (s, dz, s_bn, dr, s_relu):
         assert not out.isnan().any()
 
 
-def test_split_results_are_deterministic():
-    from rgprune_fast.backends.triton_stats import channel_stats_op
+def test_split_is_a_fixed_order_sum_of_chunks():
+    """A split reduction equals, bit for bit, each position chunk reduced alone (split 1) and the
+    partials added in chunk order: the second stage is a fixed-order sum, not a race."""
+    from rgprune_fast.backends.triton.channel_stats import channel_stats_op
 
-    x = torch.randn(2, 4, 300, device=DEVICE)
+    chunk = 2048  # three chunks; the same tiles (1024 positions) whole or sliced, so the same programs
+    x = torch.randn(2, 4, 3 * chunk, device=DEVICE)
     dx = torch.randn_like(x)
-    assert torch.equal(channel_stats_op(x, dx, 1, 3), channel_stats_op(x, dx, 1, 3))
-
-
-@pytest.mark.parametrize("methods", [["taylorfo"], ["taylorfo_abs", "taylorfo_sq", "molchanov_bn"]])
-def test_fused_criteria_update_matches_torch(methods):
-    from rgprune_fast.backends.triton_criteria import fold_criteria
-
-    fused = ChannelAccumulator(200, methods, DEVICE, torch.float32, fold_criteria)
-    plain = ChannelAccumulator(200, methods, DEVICE, torch.float32, fold_torch)
-    for batch in range(3):
-        s = torch.randn(5, 200, device=DEVICE)
-        if batch == 1:
-            s[2, 150] = float("inf")
-        fused.update(s, batch)
-        plain.update(s, batch)
-    for name in ("sum_s", "sum_abs", "sum_sq", "sum_batch_sq"):
-        a, b = getattr(fused, name), getattr(plain, name)
-        assert (a is None) == (b is None)
-        if a is not None:
-            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6, equal_nan=True)
-    assert torch.equal(fused.first_bad, plain.first_bad)
-    assert int(fused.first_bad_batch()) == 1
+    partials = [
+        channel_stats_op(x[..., i : i + chunk], dx[..., i : i + chunk], 1, 1) for i in range(0, 3 * chunk, chunk)
+    ]
+    in_order = torch.stack(partials, 2).sum(2)
+    assert torch.equal(channel_stats_op(x, dx, 1, 3), in_order)
 
 
 def test_ops_are_registered():
-    from rgprune_fast.backends import triton_batchnorm, triton_relu, triton_stats  # noqa: F401
+    import rgprune_fast.backends.triton  # noqa: F401
+    from rgprune_fast.backends.triton import batchnorm_stats, channel_stats, relu_stats  # noqa: F401
 
     if not hasattr(torch.library, "triton_op"):
         pytest.skip("torch < 2.6 has no triton_op: the kernels are called directly")
     x = torch.randn(2, 3, 4, device=DEVICE)
     s = torch.ops.rgprune_fast.triton_channel_stats(x, x, 1, 1)
     torch.testing.assert_close(s, (x * x).sum(2))
-    dz, s_bn = torch.ops.rgprune_fast.triton_batchnorm_stats(
-        x, x, torch.zeros(3, device=DEVICE), torch.ones(3, device=DEVICE), torch.zeros(3, device=DEVICE), False, 1
-    )
+    zeros, ones = torch.zeros(3, device=DEVICE), torch.ones(3, device=DEVICE)
+    dz, s_bn = torch.ops.rgprune_fast.triton_batchnorm_stats(x, x, zeros, ones, zeros, False, 1)
     assert dz.numel() == 0
     torch.testing.assert_close(s_bn, s)
     dr, s_relu = torch.ops.rgprune_fast.triton_relu_stats(x.relu(), x, 0.0, False, 1, True, 1)
     torch.testing.assert_close(dr, torch.where(x > 0, x, 0))
+    torch.testing.assert_close(s_relu, (x.relu() * x).sum(2))
 
 
 @pytest.mark.parametrize("name", ["resnet18", "token_mlp", "vgg_no_bn", "mlp"])
@@ -113,15 +98,15 @@ def test_score_end_to_end(name):
     data = [(x.to(DEVICE), t.to(DEVICE)) for x, t in data]
     methods = list(rg.METHODS)
     ours = rg.score(model, data, method=methods, gradient="label", backend="triton")
-    ref = oracle_scores(model.cpu(), [(x.cpu(), t.cpu()) for x, t in data], list(ours["taylorfo"]), methods, "label",
-                        True, dtype=None)  # fmt: skip
+    keys = models.expected_units(name, model)
+    assert list(ours["taylorfo"]) == keys
+    cpu_data = [(x.cpu(), t.cpu()) for x, t in data]
+    expected = oracle_scores(model.cpu(), cpu_data, keys, methods, "label", True, dtype=None)
     for m in methods:
-        for k in ref[m]:
-            assert rel_err(ours[m][k], ref[m][k]) <= 1e-5, (m, k)
+        for k in expected[m]:
+            assert ref.rel_err(ours[m][k], expected[m][k]) <= 1e-5, (m, k)
     again = rg.score(model.to(DEVICE), data, method=methods, gradient="label", backend="triton")
-    for m in methods:
-        for k in ours[m]:
-            assert torch.equal(ours[m][k], again[m][k])
+    assert all(torch.equal(ours[m][k], again[m][k]) for m in methods for k in ours[m])
 
 
 def test_explicit_triton_on_cpu_without_interpreter(monkeypatch):
@@ -134,9 +119,6 @@ def test_explicit_triton_on_cpu_without_interpreter(monkeypatch):
 
 def test_rgprune_fast_works_without_triton():
     """Triton is optional: with it unimportable, scoring works and backend='triton' says why not."""
-    import subprocess
-    import sys
-
     code = (
         "import sys; sys.modules['triton'] = None\n"
         "import torch, rgprune_fast as rg\n"

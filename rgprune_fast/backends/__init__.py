@@ -1,9 +1,9 @@
 """Reduction backends and their selection (``backend="auto"|"triton"|"cuda"|"cpp"|"torch"``).
 
-Each backend module exposes ``load(device) -> backend`` that raises
-:class:`~rgprune_fast.errors.BackendUnavailableError` with the reason when it cannot serve tensors on
-``device``. ``"auto"`` tries, in order, the entries of ``AUTO_ORDER`` for the device type and falls
-back to the pure-PyTorch reference, which always works.
+Every backend implements :class:`~rgprune_fast.backends.contract.ReductionBackend`. Its loader
+raises :class:`~rgprune_fast.errors.BackendUnavailableError` with the reason when it cannot serve
+tensors on ``device``. ``"auto"`` tries, in order, the entries of ``AUTO_ORDER`` for the device type
+and falls back to the pure-PyTorch reference, which always works.
 """
 
 from __future__ import annotations
@@ -13,20 +13,25 @@ import importlib
 import torch
 
 from ..errors import BackendUnavailableError
-from .base import ReductionBackend, stat_dtype
+from .contract import ReductionBackend, RunningSums, stat_dtype
 from .torch_ref import TorchBackend
 
 BACKENDS = ("auto", "triton", "cuda", "cpp", "torch")
 
-# backend name -> module (relative to this package) whose load(device) builds it
-_MODULES = {"torch": ".torch_ref", "triton": ".triton", "cpp": ".cpp", "cuda": ".cuda_ext"}
+# backend name -> (module relative to this package, its loader); imported on demand (Triton is optional)
+_LOADERS = {
+    "torch": (".torch_ref", "load"),
+    "triton": (".triton", "load"),
+    "cpp": (".extension", "load_cpp"),
+    "cuda": (".extension", "load_cuda"),
+}
 AUTO_ORDER = {"cuda": ("triton", "cuda"), "cpu": ("cpp",)}
 
 
 def load_backend(name: str, device: torch.device) -> ReductionBackend:
     """The backend ``name`` for ``device``; raises :class:`BackendUnavailableError` saying why not."""
-    module = importlib.import_module(_MODULES[name], __name__)
-    return module.load(device)
+    module, loader = _LOADERS[name]
+    return getattr(importlib.import_module(module, __name__), loader)(torch.device(device))
 
 
 def select_backend(name: str, device: torch.device) -> ReductionBackend:
@@ -56,6 +61,7 @@ __all__ = [
     "AUTO_ORDER",
     "BACKENDS",
     "ReductionBackend",
+    "RunningSums",
     "TorchBackend",
     "load_backend",
     "select_backend",

@@ -1,4 +1,4 @@
-"""Pure-PyTorch reduction backend: the reference every fused backend is tested against.
+"""Pure-PyTorch backend: the reference every fused backend is tested against and falls back to.
 
 Works on any device, layout (NCHW, channels_last, ``[N, C]``, ``[N, T, C]``, arbitrary strides) and
 dtype; products and sums are formed in the statistics dtype (float32, or float64 for float64 input).
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import stat_dtype
+from .contract import ReductionBackend, RunningSums, stat_dtype
 
 
 def _reduce_positions(prod: torch.Tensor, channel_dim: int) -> torch.Tensor:
@@ -22,7 +22,7 @@ def _per_channel(v: torch.Tensor, ndim: int) -> torch.Tensor:
     return v.view([1, -1] + [1] * (ndim - 2))
 
 
-class TorchBackend:
+class TorchBackend(ReductionBackend):
     name = "torch"
 
     def channel_stats(self, x: torch.Tensor, dx: torch.Tensor, channel_dim: int) -> torch.Tensor:
@@ -45,6 +45,17 @@ class TorchBackend:
             mask = mask & (r < upper)
         dx = torch.where(mask, dr, torch.zeros((), dtype=dr.dtype, device=dr.device))
         return (dx if need_dx else None), self.channel_stats(r, dx, channel_dim)
+
+    def fold_criteria(self, s: torch.Tensor, batch: int, sums: RunningSums) -> None:
+        batch_sum = s.sum(0)  # any NaN/Inf in s makes its column sum non-finite
+        sums.first_bad.copy_(torch.where((sums.first_bad < 0) & ~torch.isfinite(batch_sum), batch, sums.first_bad))
+        sums.s += batch_sum
+        if sums.abs is not None:
+            sums.abs += s.abs().sum(0)
+        if sums.sq is not None:
+            sums.sq += s.square().sum(0)
+        if sums.batch_sq is not None:
+            sums.batch_sq += batch_sum.square()
 
 
 def load(device: torch.device) -> TorchBackend:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import torch
 
-from ..counting import count_macs, count_params
-from ..prune import LAYER_NORMALIZATIONS, bake_masks, check_scores_fit, masks, output_channels
+from ..pruning import LAYER_NORMALIZATIONS, bake_masks, check_scores_fit, masks, output_channels
+from ..pruning.counting import count_macs, count_params
 from . import scores_file
 from .errors import CliError
 from .models import load_model
@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     params, macs = count_params(model), count_macs(model, example)
     units = sum(s.numel() for s in scores.values())
     if args.physical:
-        from ..tp_adaptor import prune_physically  # optional dependency: torch-pruning
+        from ..pruning.tp_adaptor import prune_physically  # optional dependency: torch-pruning
 
         before = output_channels(model, list(scores), example)
         prune_physically(model, scores, example, ratio=args.ratio, normalize=args.normalize_layers)

@@ -9,8 +9,8 @@ from pathlib import Path
 import torch
 
 from .. import __version__
-from ..api import score
 from ..criteria import METHODS, parse_methods
+from ..scorers.taylor import score
 from . import scores_file
 from .data import load_data
 from .models import input_channels, load_model

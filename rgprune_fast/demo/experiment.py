@@ -10,12 +10,14 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..api import score
-from ..criteria import MC_METHOD
-from ..prune import apply_masks, masks
+from ..pruning import apply_masks, masks
+from ..scorers.mc_gradient import score as mc_gradient
+from ..scorers.taylor import score
 from .config import DemoConfig
 from .data import DigitsData
 from .train import accuracy
+
+MC_METHOD = "mc_gradient"  # the results' method label of rgprune_fast.mc_gradient
 
 
 @dataclass(frozen=True)
@@ -143,7 +145,7 @@ def _warm_up(model: nn.Module, data: DigitsData, config: DemoConfig) -> None:
     batch = (data.train_x[:8], data.train_y[:8])
     score(model, [batch], method=list(config.methods))
     if config.mc_gradient is not None:
-        score(model, [batch], method=MC_METHOD, steps=1, samples=2)
+        mc_gradient(model, [batch], steps=1, samples=2)
 
 
 def mc_snapshot_steps(config: DemoConfig, d_all: int) -> list[int]:
@@ -172,7 +174,7 @@ def _run_mc(arch, model, data, size, d_label, gradient, config, largest, evaluat
         if step in snapshots:
             kept[step] = (theta, time.perf_counter() - started)
 
-    score(model, batches, method=MC_METHOD, gradient=gradient, seed=config.seed, on_step=on_step, **mc.options())
+    mc_gradient(model, batches, gradient=gradient, seed=config.seed, on_step=on_step, **mc.options())
     results, costs = [], []
     unmasked = 1 if gradient != "label" else 0  # label-free: the unmasked predictions are the reference
     for step, (theta, seconds) in sorted(kept.items()):

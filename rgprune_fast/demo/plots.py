@@ -8,9 +8,8 @@ from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..criteria import MC_METHOD
 from ..optional import require
-from .experiment import Cost, Result, variant_label
+from .experiment import MC_METHOD, Cost, Result, variant_label
 from .report import MODEL_TITLES, TAYLOR_SHOWN, curves_of, mc_curves, mean_pruned
 
 COLORS = {

@@ -9,8 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from statistics import mean
 
-from ..criteria import MC_METHOD
-from .experiment import Cost, Result, variant_label
+from .experiment import MC_METHOD, Cost, Result, variant_label
 
 RUN_FIELDS = ("model", "data_size", "data_size_label", "method", "gradient", "normalize")  # both CSVs start so
 CSV_FIELDS = (

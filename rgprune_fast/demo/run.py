@@ -14,11 +14,11 @@ from pathlib import Path
 import torch
 
 from .. import __version__
-from ..criteria import MC_METHOD
 from ..optional import require
 from . import data as demo_data
 from . import experiment, plots, report
 from .config import FULL, QUICK, DemoConfig
+from .experiment import MC_METHOD
 from .train import default_cache_dir, trained_model
 
 

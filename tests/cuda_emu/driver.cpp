@@ -1,7 +1,8 @@
-// Runs the CUDA kernels of csrc/stats_cuda.cu under the CPU emulation (emu.h) against a float64
-// reference: both layouts, padded strides, every dtype and op, with and without outputs, split and
-// unsplit reductions, and the same data through the 16-byte-load and the element-wise paths, which
-// must agree bit for bit. Prints one line per failure and a summary; exit status 1 on any failure.
+// Runs the CUDA kernels of stats_cuda.cu (rgprune_fast/backends/extension/csrc) under the CPU
+// emulation (emu.h) against a float64 reference: both layouts, padded strides, every dtype and op,
+// with and without outputs, split and unsplit reductions, and the same data through the
+// 16-byte-load and the element-wise paths, which must agree bit for bit. Prints one line per
+// failure and a summary; exit status 1 on any failure.
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>

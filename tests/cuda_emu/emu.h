@@ -1,4 +1,4 @@
-// A small CPU emulation of the CUDA features csrc/stats_cuda.cu uses, so that its kernels run (slowly)
+// A small CPU emulation of the CUDA features stats_cuda.cu uses, so that its kernels run (slowly)
 // on a machine without a GPU: every block runs as blockDim std::threads (blocks one after another),
 // __syncthreads is a block barrier, __shfl_xor_sync a warp barrier with an exchange slot, __shared__
 // is function-static storage, and half / bfloat16 are stored as bits with round-to-nearest-even

@@ -1,0 +1,144 @@
+"""The output gradient ``g`` that is backpropagated (docs/design.md, "The mathematics").
+
+* ``"label"``: ``d(sum_n CE(y_n, t_n))/dy = softmax(y) - onehot(t)``; targets equal to ``-100`` are
+  ignored (zero gradient), as in :func:`torch.nn.functional.cross_entropy`.
+* ``"random"``: i.i.d. N(0, 1) of the output's shape, drawn in float32 from one
+  ``torch.Generator(device).manual_seed(seed)`` per ``score`` call, batch after batch (reproducible).
+* a callable ``(output, batch) -> tensor`` of the output's shape.
+
+With ``normalize=True`` each output vector (the last dim) is scaled to unit L2 norm (plus ``EPS``).
+Gradients are formed in float32 (float64 for float64 outputs) and cast to the output's dtype.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Union
+
+import torch
+
+from ..backends.contract import stat_dtype
+
+EPS = 1e-12
+IGNORE_INDEX = -100
+GRADIENTS = ("label", "random")
+
+GradientSpec = Union[str, Callable[[torch.Tensor, Any], torch.Tensor]]
+
+
+def check_gradient(gradient: GradientSpec) -> None:
+    if callable(gradient):
+        return
+    if not isinstance(gradient, str) or gradient not in GRADIENTS:
+        raise ValueError(
+            f"unknown gradient {gradient!r}; use 'label', 'random' or a callable (output, batch) -> tensor"
+        )
+
+
+def check_seed(seed: int) -> None:
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+
+
+def check_targets(output: torch.Tensor, targets) -> torch.Tensor:
+    """Validate class-index targets against the output; returns them on the output's device."""
+    if targets is None:
+        raise ValueError(
+            "gradient='label' needs targets: pass batches as (inputs, targets) tuples or dicts with a "
+            "'labels' entry, or use gradient='random'"
+        )
+    if not isinstance(targets, torch.Tensor):
+        raise TypeError(f"targets must be a tensor of class indices, got {type(targets).__name__}")
+    if targets.dtype.is_floating_point or targets.dtype == torch.bool or targets.is_complex():
+        raise TypeError(f"targets must be integer class indices, got dtype {targets.dtype}")
+    if tuple(targets.shape) != tuple(output.shape[:-1]):
+        raise ValueError(
+            f"targets of shape {tuple(targets.shape)} do not fit the model output of shape "
+            f"{tuple(output.shape)}: expected {tuple(output.shape[:-1])} (one class index per output vector)"
+        )
+    classes = output.shape[-1]
+    if targets.device.type == "cpu" and targets.numel():  # range check without a device sync
+        valid = targets[targets != IGNORE_INDEX]
+        if valid.numel() and (valid.min() < 0 or valid.max() >= classes):
+            raise ValueError(
+                f"targets must lie in [0, {classes}) (or be {IGNORE_INDEX}); got min "
+                f"{int(valid.min())}, max {int(valid.max())}"
+            )
+    return targets.to(output.device)
+
+
+def shift_targets(targets):
+    """Causal language models: position t predicts token t + 1; the last position predicts nothing."""
+    if not isinstance(targets, torch.Tensor) or targets.dim() < 2:
+        return targets  # check_targets reports it
+    shifted = torch.full_like(targets, IGNORE_INDEX)
+    shifted[:, :-1] = targets[:, 1:]
+    return shifted
+
+
+def label_gradient(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """``softmax(logits) - onehot(targets)`` over the last dim (rows with target -100: zero)."""
+    g = torch.softmax(logits, dim=-1)
+    keep = targets != IGNORE_INDEX
+    safe = torch.where(keep, targets, 0).long()
+    g.scatter_add_(-1, safe.unsqueeze(-1), torch.full_like(g[..., :1], -1.0))
+    return g * keep.unsqueeze(-1)
+
+
+def random_gradient(output: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """i.i.d. N(0, 1) of ``output``'s shape, drawn in float32 (float64 outputs: cast up)."""
+    g = torch.randn(output.shape, generator=generator, device=output.device, dtype=torch.float32)
+    return g.to(stat_dtype(output.dtype))
+
+
+def normalize_rows(g: torch.Tensor) -> torch.Tensor:
+    """Scale every vector along the last dim to unit L2 norm (``EPS`` keeps zero rows at zero)."""
+    return g / (torch.linalg.vector_norm(g, dim=-1, keepdim=True) + EPS)
+
+
+CHUNK_ELEMENTS = 1 << 26  # rows of larger outputs are made in chunks of about this many elements
+
+
+class OutputGradient:
+    """Makes ``g`` for each batch of one ``score`` call (owns the seeded generator).
+
+    ``g`` is written straight into a tensor of the output's dtype, a chunk of rows (output vectors) at a
+    time, so that an LLM's ``[N, T, vocab]`` gradient costs one output-sized tensor plus one chunk of
+    float32 scratch. Outputs with at most ``CHUNK_ELEMENTS`` elements are one chunk (the random draws
+    of a chunked output therefore differ from one big draw; both are deterministic).
+    """
+
+    def __init__(self, gradient: GradientSpec, normalize: bool, seed: int, device: torch.device, shift: bool = False):
+        check_gradient(gradient)
+        check_seed(seed)
+        self.gradient = gradient
+        self.normalize = bool(normalize)
+        self.shift = shift  # causal LM: labels are shifted by one position
+        self.generator = torch.Generator(device=device).manual_seed(seed) if gradient == "random" else None
+
+    def __call__(self, output: torch.Tensor, targets: torch.Tensor | None, batch: Any) -> torch.Tensor:
+        if callable(self.gradient):
+            g = self.gradient(output.detach(), batch)
+            if not isinstance(g, torch.Tensor):
+                raise TypeError(f"the gradient callable returned {type(g).__name__}, expected a tensor")
+            if g.shape != output.shape:
+                raise ValueError(
+                    f"the gradient callable returned shape {tuple(g.shape)}; the model output has shape "
+                    f"{tuple(output.shape)}"
+                )
+            g = g.to(device=output.device, dtype=stat_dtype(output.dtype))
+            return (normalize_rows(g) if self.normalize else g).to(output.dtype)
+        if self.gradient == "label":
+            targets = check_targets(output, shift_targets(targets) if self.shift else targets).reshape(-1)
+        acc = stat_dtype(output.dtype)
+        rows = output.detach().reshape(-1, output.shape[-1])
+        g = torch.empty_like(rows, memory_format=torch.contiguous_format)
+        step = max(1, CHUNK_ELEMENTS // max(1, rows.shape[1]))
+        for start in range(0, rows.shape[0], step):
+            chunk = slice(start, start + step)
+            if self.gradient == "label":
+                part = label_gradient(rows[chunk].to(acc), targets[chunk])
+            else:
+                part = random_gradient(rows[chunk], self.generator)
+            g[chunk] = normalize_rows(part) if self.normalize else part
+        return g.view(output.shape)

@@ -1,0 +1,94 @@
+"""The tap autograd Functions. Each takes an ``anchor`` (a 0-dim leaf that requires grad, one per
+tap) so that its output is part of the graph even when nothing upstream requires grad; backward is run
+with ``torch.autograd.grad(..., inputs=anchors)``, so it stops at the first taps and never touches
+``.grad``. Each hands its statistic ``s[N, C]`` to ``tap.add``."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..backends.contract import stat_dtype
+
+
+def _per_channel(v: torch.Tensor, ndim: int) -> torch.Tensor:
+    return v.view([1, -1] + [1] * (ndim - 2))
+
+
+class BatchNormTap(torch.autograd.Function):
+    """Eval-mode BatchNorm whose backward also yields ``s``; keeps only the BN input ``z``."""
+
+    @staticmethod
+    def forward(ctx, z, anchor, weight, bias, module, tap):
+        x = F.batch_norm(z, module.running_mean, module.running_var, weight, bias, False, 0.0, module.eps)
+        acc = stat_dtype(z.dtype)
+        invstd = torch.rsqrt(module.running_var.to(acc) + module.eps)
+        ctx.mean = module.running_mean.to(acc)
+        ctx.invstd = invstd
+        ctx.scale = invstd * weight.detach().to(acc) if weight is not None else invstd
+        ctx.shift = bias.detach().to(acc) if bias is not None else torch.zeros_like(invstd)
+        ctx.tap, ctx.param_dtype = tap, (weight if weight is not None else bias if bias is not None else z).dtype
+        ctx.save_for_backward(z)
+        return x
+
+    @staticmethod
+    def backward(ctx, dx):
+        (z,) = ctx.saved_tensors
+        tap = ctx.tap
+        dz, s = tap.backend.batchnorm_stats(z, dx, ctx.mean, ctx.scale, ctx.shift, ctx.needs_input_grad[0])
+        tap.add(s)
+        dweight = dbias = None
+        if ctx.needs_input_grad[2] or ctx.needs_input_grad[3]:
+            # Only for molchanov_group on a BatchNorm without a producing Conv/Linear.
+            acc, dims = ctx.mean.dtype, [0] + list(range(2, z.dim()))
+            dx_acc = dx.to(acc)
+            zhat = (z.to(acc) - _per_channel(ctx.mean, z.dim())) * _per_channel(ctx.invstd, z.dim())
+            if ctx.needs_input_grad[2]:
+                dweight = (zhat * dx_acc).sum(dims).to(ctx.param_dtype)
+            if ctx.needs_input_grad[3]:
+                dbias = dx_acc.sum(dims).to(ctx.param_dtype)
+        return dz, None, dweight, dbias, None, None
+
+
+class ReluTap(torch.autograd.Function):
+    """ReLU / ReLU6 (in place or not) whose backward also yields ``s`` from the saved output ``r``."""
+
+    @staticmethod
+    def forward(ctx, x, anchor, upper, inplace, tap):
+        if upper is None:
+            r = F.relu(x, inplace=inplace)
+        else:
+            r = F.hardtanh(x, 0.0, upper, inplace=inplace)
+        if inplace:
+            ctx.mark_dirty(x)
+        ctx.upper, ctx.tap = upper, tap
+        ctx.save_for_backward(r)
+        return r
+
+    @staticmethod
+    def backward(ctx, dr):
+        (r,) = ctx.saved_tensors
+        tap = ctx.tap
+        dx, s = tap.backend.relu_stats(r, dr, ctx.upper, tap.channel_dim(r), ctx.needs_input_grad[0])
+        tap.add(s)
+        return dx, None, None, None, None
+
+
+class GenericTap(torch.autograd.Function):
+    """Identity that references (never copies) ``x`` and reduces ``x * dx`` in backward.
+
+    The output is a view of ``x``; the structure probe has checked that nothing writes to it in place.
+    """
+
+    @staticmethod
+    def forward(ctx, x, anchor, tap):
+        ctx.tap = tap
+        ctx.save_for_backward(x)
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, dx):
+        (x,) = ctx.saved_tensors
+        tap = ctx.tap
+        tap.add(tap.backend.channel_stats(x, dx, tap.channel_dim(x)))
+        return dx, None, None

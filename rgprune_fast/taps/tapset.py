@@ -1,0 +1,189 @@
+"""Taps: installed on the scored modules for the duration of one ``score`` call, always removed.
+
+A :class:`Tap` receives the statistic ``s[N, C]`` of its module from the autograd Functions in
+``functions.py`` (summed over the module's calls in the batch) and folds it into its running sums
+(:class:`~rgprune_fast.criteria.UnitStatistics`) at the end of each batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from ..backends.contract import ReductionBackend
+from ..criteria import Criterion, UnitStatistics, finish
+from ..engine import module_rules
+from ..engine.model_state import override_forward
+from ..engine.planning import NO_GRAD_MESSAGE, TapPlan
+from ..errors import UnsupportedModuleError
+from .functions import BatchNormTap, GenericTap, ReluTap
+
+
+class Tap:
+    """One scored unit spec: receives its module's ``s`` in backward (summed over the module's calls in
+    the batch) and checks that every forward application was answered in backward."""
+
+    def __init__(self, plan: TapPlan, backend: ReductionBackend, criteria: Sequence[Criterion], device: torch.device):
+        self.plan = plan
+        self.backend = backend
+        self.device = device
+        self.anchor = torch.zeros((), device=device, requires_grad=True)
+        self.stats = UnitStatistics(plan.key, plan.channels, plan.unit.channels_per_unit, plan.molchanov_weights,
+                                    criteria, backend)  # fmt: skip
+        self.batch_s: torch.Tensor | None = None
+        self.forward_calls = 0  # this batch: tap applications in forward ...
+        self.backward_calls = 0  # ... and statistics received in backward
+
+    def applied(self) -> None:
+        """A forward application of this tap (inside the model's forward)."""
+        if not torch.is_grad_enabled():
+            raise UnsupportedModuleError(NO_GRAD_MESSAGE.format(key=self.plan.key))
+        self.forward_calls += 1
+
+    def channel_dim(self, t: torch.Tensor) -> int:
+        return 1 if self.plan.channel_dim == 1 else t.dim() - 1
+
+    def add(self, s: torch.Tensor) -> None:
+        """Called from backward: one call's ``s`` (several calls of a module in a batch add up)."""
+        if self.batch_s is not None and self.batch_s.shape != s.shape:
+            raise RuntimeError(
+                f"{self.plan.key!r} gave statistics of shapes {tuple(self.batch_s.shape)} and "
+                f"{tuple(s.shape)} within one batch"
+            )
+        self.batch_s = s if self.batch_s is None else self.batch_s + s
+        self.backward_calls += 1
+
+    def end_batch(self, batch: int, examples: int, dtype: torch.dtype, weight_grads: dict) -> None:
+        s = self.batch_s
+        applied, received = self.forward_calls, self.backward_calls
+        self.batch_s, self.forward_calls, self.backward_calls = None, 0, 0
+        if applied and not received and self.plan.reachable:
+            raise RuntimeError(
+                f"batch {batch}: {self.plan.key!r} ran in forward but its statistics never arrived in backward, "
+                "although the structure probe saw a gradient path from the output to it. Something cut the "
+                "graph: reentrant gradient checkpointing (use use_reentrant=False) or a detach() on the way"
+            )
+        self.stats.add_batch(batch, examples, s, dtype, self.device, weight_grads)
+
+
+class TapSet:
+    """The taps of one ``score`` call; :meth:`installed` puts them on the model and always removes them."""
+
+    def __init__(self, plans: Sequence[TapPlan], backend: ReductionBackend, criteria: Sequence[Criterion],
+                 device: torch.device):  # fmt: skip
+        self.taps = [Tap(p, backend, criteria, device) for p in plans]
+        # The Molchanov weights W_c of every tap: the only parameters that need gradients
+        self.weight_params = list({id(p): p for t in self.taps for p, _ in t.plan.molchanov_weights}.values())
+        self._pending_relu: dict[int, tuple[torch.Tensor, Tap]] = {}
+
+    @property
+    def anchors(self) -> list[torch.Tensor]:
+        return [t.anchor for t in self.taps]
+
+    @contextmanager
+    def installed(self) -> Iterator[TapSet]:
+        handles, overridden = [], []
+        try:
+            relu_modules = {}
+            for tap in self.taps:
+                kind, module = tap.plan.kind, tap.plan.module
+                if kind == "batchnorm":
+                    overridden.append(override_forward(module, _batchnorm_forward(tap)))
+                elif kind == "input":
+                    handles.append(module.register_forward_pre_hook(_input_hook(tap)))
+                elif kind == "relu":
+                    handles.append(module.register_forward_hook(self._remember_for_relu(tap)))
+                    for relu in tap.plan.relu_modules:
+                        relu_modules[id(relu)] = relu
+                else:
+                    handles.append(module.register_forward_hook(_generic_hook(tap)))
+            for relu in relu_modules.values():
+                overridden.append(override_forward(relu, self._relu_forward(relu)))
+            yield self
+        finally:
+            for h in handles:
+                h.remove()
+            for restore in reversed(overridden):
+                restore()
+            self._pending_relu.clear()
+
+    def _remember_for_relu(self, tap: Tap):
+        def hook(module, args, out):
+            self._pending_relu[id(out)] = (out, tap)
+
+        return hook
+
+    def _relu_forward(self, relu: nn.Module):
+        upper = module_rules.relu_upper(relu)
+        original = relu.forward  # bound, captured before the override
+
+        def forward(module, x):
+            pending = self._pending_relu.pop(id(x), None)
+            if pending is None or pending[0] is not x:
+                return original(x)
+            tap = pending[1]
+            tap.applied()
+            return ReluTap.apply(x, tap.anchor, upper, module.inplace, tap)
+
+        return forward
+
+    def begin_batch(self) -> None:
+        self._pending_relu.clear()
+        for tap in self.taps:
+            tap.batch_s, tap.forward_calls, tap.backward_calls = None, 0, 0
+
+    def check_forward(self, batch: int) -> None:
+        """After a batch's forward: every output planned for a fused ReLU tap went through its ReLU."""
+        if self._pending_relu:
+            names = sorted({tap.plan.key for _, tap in self._pending_relu.values()})
+            self._pending_relu.clear()
+            raise RuntimeError(
+                f"batch {batch}: the output of module(s) {names} did not go through the ReLU the structure probe "
+                "saw it go through; the model's control flow differs from the probe's (first batch), so the "
+                "statistics would not be exact"
+            )
+
+    def end_batch(self, batch: int, examples: int, dtype: torch.dtype, grads: Sequence) -> None:
+        """After a batch's backward: ``grads`` are the gradients of :attr:`weight_params`."""
+        weight_grads = dict(zip(self.weight_params, grads))
+        for tap in self.taps:
+            tap.end_batch(batch, examples, dtype, weight_grads)
+
+    def results(self, criteria: Sequence[Criterion]) -> dict[str, dict[str, torch.Tensor]]:
+        """``{criterion: {key: tensor}}`` on the CPU (summed over ranks; the call's only synchronisation)."""
+        return finish([t.stats for t in self.taps], criteria)
+
+
+def _batchnorm_forward(tap: Tap):
+    def forward(module, z):
+        with contextlib.suppress(NotImplementedError):  # _BatchNorm subclasses without their own check
+            module._check_input_dim(z)
+        tap.applied()
+        return BatchNormTap.apply(z, tap.anchor, module.weight, module.bias, module, tap)
+
+    return forward
+
+
+def _generic_hook(tap: Tap):
+    def hook(module, args, out):
+        tap.applied()
+        return GenericTap.apply(out, tap.anchor, tap)
+
+    return hook
+
+
+def _input_hook(tap: Tap):
+    def hook(module, args):
+        if not args or not isinstance(args[0], torch.Tensor):
+            raise RuntimeError(f"{tap.plan.key!r}: the module's input must be its first positional argument")
+        tap.applied()
+        return (GenericTap.apply(args[0], tap.anchor, tap), *args[1:])
+
+    return hook
+
+
+__all__ = ["Tap", "TapSet"]
