@@ -48,7 +48,7 @@ case $stage in
     python -m benchmarks.suite --out "$out" --max-minutes 7.5 2>&1 | tee "$out/suite.log"
     ;;
   llm)
-    python -c 'import transformers' || { echo "transformers is not importable: carry its wheels (see README)" >&2; exit 2; }
+    python -c 'import transformers' || { echo "transformers is not importable here" >&2; exit 2; }
     python -m benchmarks.llm --out "$out" 2>&1 | tee "$out/llm.log"
     ;;
   *)

