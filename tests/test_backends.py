@@ -2,6 +2,7 @@
 (tests/matrix.py) against the float64 brute force (tests/reference.py): layouts x dtypes x odd shapes
 and strides, the fused BatchNorm / ReLU variants, the criteria update, output layouts, determinism."""
 
+import models
 import pytest
 import reference as ref
 import torch
@@ -215,6 +216,22 @@ def test_deterministic(backend, channels_last, dtype):
 
     first = run()
     assert all(torch.equal(a, b) for a, b in zip(first, run()))
+
+
+@pytest.mark.parametrize("name", ["conv_bn_relu", "resnet18", "vgg_no_bn"])
+def test_score_agrees_with_the_torch_backend(backend, name):
+    """score() end to end on each pair (BatchNorm, ReLU and generic taps, the criteria update): the torch
+    backend's scores on the same device within float32 rounding, and the same bits on a second call."""
+    model = models.make(name).to(backend.device)
+    data = [x.to(backend.device) for x, _ in models.batches(name, sizes=(2, 3))]
+    methods = ["taylorfo", "taylorfo_abs", "taylorfo_sq", "molchanov_bn"]
+    ours = rg.score(model, data, method=methods, backend=backend.name)
+    torch_scores = rg.score(model, data, method=methods, backend="torch")
+    for m in methods:
+        for key, value in torch_scores[m].items():
+            assert ref.rel_err(ours[m][key], value) <= ref.TOLERANCE[torch.float32], (m, key)
+    again = rg.score(model, data, method=methods, backend=backend.name)
+    assert all(torch.equal(again[m][k], ours[m][k]) for m in methods for k in ours[m])
 
 
 def test_backend_selection():
