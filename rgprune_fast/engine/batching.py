@@ -61,14 +61,15 @@ def as_batch(raw: Any, index: int = 0) -> Batch:
     )
 
 
-def _slice_examples(obj: Any, n: int, k: int) -> Any:
-    """The first ``k`` examples of every tensor whose dim 0 is the batch size ``n``."""
+def _map_examples(obj: Any, n: int, fn) -> Any:
+    """``fn`` applied to every tensor inside (nested tuples, lists, dicts) whose dim 0 is the batch size
+    ``n``; everything else as it is."""
     if isinstance(obj, torch.Tensor):
-        return obj[:k] if obj.dim() and obj.shape[0] == n else obj
+        return fn(obj) if obj.dim() and obj.shape[0] == n else obj
     if isinstance(obj, Mapping):
-        return {key: _slice_examples(v, n, k) for key, v in obj.items()}
+        return {key: _map_examples(v, n, fn) for key, v in obj.items()}
     if isinstance(obj, (tuple, list)):
-        return type(obj)(_slice_examples(v, n, k) for v in obj)
+        return type(obj)(_map_examples(v, n, fn) for v in obj)
     return obj
 
 
@@ -88,22 +89,16 @@ def head(batch: Batch, k: int) -> Batch:
     n = _leading_size((batch.args, batch.kwargs))
     if n is None or n <= k:
         return batch
-    return Batch(batch.raw, _slice_examples(batch.args, n, k), _slice_examples(batch.kwargs, n, k), None, batch.index)
+    first = lambda t: t[:k]  # noqa: E731
+    return Batch(
+        batch.raw, _map_examples(batch.args, n, first), _map_examples(batch.kwargs, n, first), None, batch.index
+    )
 
 
 def replicate(batch: Batch, k: int, n: int) -> Batch:
     """The batch repeated ``k`` times along dim 0 (every tensor whose dim 0 is the batch size ``n``)."""
-
-    def rep(obj):
-        if isinstance(obj, torch.Tensor):
-            return obj.repeat(k, *([1] * (obj.dim() - 1))) if obj.dim() and obj.shape[0] == n else obj
-        if isinstance(obj, Mapping):
-            return {key: rep(v) for key, v in obj.items()}
-        if isinstance(obj, (tuple, list)):
-            return type(obj)(rep(v) for v in obj)
-        return obj
-
-    return Batch(batch.raw, rep(batch.args), rep(batch.kwargs), None, batch.index)
+    tile = lambda t: t.repeat(k, *([1] * (t.dim() - 1)))  # noqa: E731
+    return Batch(batch.raw, _map_examples(batch.args, n, tile), _map_examples(batch.kwargs, n, tile), None, batch.index)
 
 
 def _raw_batches(data: Any, max_batches: int | None) -> Iterator[Any]:
