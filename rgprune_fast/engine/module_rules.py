@@ -23,7 +23,7 @@ MolchanovWeights = list[tuple[nn.Parameter, int]]
 @dataclass(frozen=True)
 class ModuleRule:
     channel_dim: int  # 1 ([N, C, *spatial]) or -1 (last dim: [N, C], [N, T, C])
-    default: bool  # scored when modules=None (subject to the rules in selection.py)
+    default: bool  # scored when modules=None (subject to the rules in planning.py)
     molchanov_weights: Callable[[nn.Module], MolchanovWeights] | None  # W_c of its output units
 
 

@@ -9,7 +9,7 @@ look-alikes), recognised by their ``config`` and module names.
   scores. With grouped-query attention the output projection still sees every query head, so the
   rule is unchanged.
 
-Anything else keeps the convolutional default (selection.py). Pass ``modules=`` to override.
+Anything else keeps the convolutional default (planning.py). Pass ``modules=`` to override.
 """
 
 from __future__ import annotations
