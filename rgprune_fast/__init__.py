@@ -6,7 +6,13 @@ networks; ``rgprune-fast`` (``rgprune_fast.cli``) is the command line. docs/desi
 """
 
 from .criteria import CRITERIA, METHODS
-from .errors import BackendUnavailableError, EmptyDataError, NonFiniteStatisticsError, UnsupportedModuleError
+from .errors import (
+    BackendUnavailableError,
+    EmptyDataError,
+    NonFiniteStatisticsError,
+    SkippedUnitsWarning,
+    UnsupportedModuleError,
+)
 from .scorers.mc_gradient import score as mc_gradient
 from .scorers.taylor import score
 from .units import Unit
@@ -19,6 +25,7 @@ __all__ = [
     "BackendUnavailableError",
     "EmptyDataError",
     "NonFiniteStatisticsError",
+    "SkippedUnitsWarning",
     "Unit",
     "UnsupportedModuleError",
     "__version__",

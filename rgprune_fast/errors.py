@@ -8,7 +8,16 @@ class EmptyDataError(ValueError):
 
 
 class UnsupportedModuleError(RuntimeError):
-    """A scored module's statistics cannot be collected exactly; the message names the module."""
+    """A scored module's statistics cannot be collected exactly; the message names the module, what was
+    seen and what to do; :attr:`reason` says it in a few words (for the default selection's warning)."""
+
+    def __init__(self, message: str, reason: str = ""):
+        super().__init__(message)
+        self.reason = reason or message
+
+
+class SkippedUnitsWarning(UserWarning):
+    """The default selection left out modules it cannot score exactly (one warning per call, naming them)."""
 
 
 class BackendUnavailableError(RuntimeError):

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-SIDES = ("output", "input")
+SIDES = ("output", "input", "experts")
 
 
 @dataclass(frozen=True)
 class Unit:
     """The channels of module ``name``'s output (``side="output"``, the default) or input
-    (``side="input"``, always its last dim). ``channels_per_unit`` contiguous channels make one unit:
+    (``side="input"``, always its last dim), or the neurons of every expert of a Mixture-of-Experts
+    experts module (``side="experts"``: ``experts * neurons`` units, expert-major).
+    ``channels_per_unit`` contiguous channels make one unit:
     their statistics are summed before the abs/square (e.g. an attention head is ``head_dim``
     channels of the input of the attention output projection). Scores come back under :attr:`key`
     with ``channels // channels_per_unit`` entries."""
@@ -23,12 +25,12 @@ class Unit:
         if not isinstance(self.name, str) or not self.name:
             raise ValueError(f"Unit name must be a submodule name, got {self.name!r}")
         if self.side not in SIDES:
-            raise ValueError(f"Unit side must be 'output' or 'input', got {self.side!r}")
+            raise ValueError(f"Unit side must be 'output', 'input' or 'experts', got {self.side!r}")
         width = self.channels_per_unit
         if not isinstance(width, int) or isinstance(width, bool) or width < 1:
             raise ValueError(f"Unit channels_per_unit must be a positive int, got {width!r}")
 
     @property
     def key(self) -> str:
-        """The key of this unit's scores: ``name`` for outputs, ``"name:input"`` for inputs."""
-        return self.name if self.side == "output" else f"{self.name}:input"
+        """The key of this unit's scores: ``name`` for outputs, ``"name:input"`` / ``"name:experts"`` otherwise."""
+        return self.name if self.side == "output" else f"{self.name}:{self.side}"

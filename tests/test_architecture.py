@@ -102,6 +102,6 @@ def test_the_face_is_the_documented_api():
 
     assert set(rg.__all__) == {
         "CRITERIA", "METHODS", "BackendUnavailableError", "EmptyDataError", "NonFiniteStatisticsError", "Unit",
-        "UnsupportedModuleError", "__version__", "mc_gradient", "score",
+        "UnsupportedModuleError", "SkippedUnitsWarning", "__version__", "mc_gradient", "score",
     }  # fmt: skip
     assert tuple(rg.CRITERIA) == rg.METHODS

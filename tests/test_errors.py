@@ -166,7 +166,7 @@ def test_output_without_logits():
             self.fc = nn.Linear(3, 3)
 
         def forward(self, x):
-            return {"hidden": self.fc(x)}
+            return {"sizes": [self.fc(x).shape[0]]}
 
     with pytest.raises(TypeError, match="cannot find the logits"):
         rg.score(NoLogits(), torch.randn(2, 3))

@@ -5,39 +5,10 @@ import copy
 import models
 import pytest
 import torch
+from untouched import assert_same, snapshot
 
 import rgprune_fast as rg
 from rgprune_fast.scorers import naive
-
-
-def snapshot(model):
-    return {
-        "training": [m.training for m in model.modules()],
-        "requires_grad": [p.requires_grad for p in model.parameters()],
-        "grad_ids": [id(p.grad) if p.grad is not None else None for p in model.parameters()],
-        "grads": [p.grad.clone() if p.grad is not None else None for p in model.parameters()],
-        "state": {k: v.clone() for k, v in model.state_dict().items()},
-        "dicts": [sorted(m.__dict__) for m in model.modules()],
-        "hooks": [
-            (len(m._forward_hooks), len(m._forward_pre_hooks), len(m._backward_hooks), len(m._backward_pre_hooks))
-            for m in model.modules()
-        ],
-        "param_hooks": [p._backward_hooks for p in model.parameters()],
-    }
-
-
-def assert_same(before, after):
-    assert before["training"] == after["training"]
-    assert before["requires_grad"] == after["requires_grad"]
-    assert before["grad_ids"] == after["grad_ids"]
-    for a, b in zip(before["grads"], after["grads"]):
-        assert (a is None and b is None) or torch.equal(a, b)
-    assert before["state"].keys() == after["state"].keys()
-    for k in before["state"]:
-        assert torch.equal(before["state"][k], after["state"][k]), k
-    assert before["dicts"] == after["dicts"]
-    assert before["hooks"] == after["hooks"]
-    assert before["param_hooks"] == after["param_hooks"]
 
 
 def messy_model():

@@ -7,6 +7,7 @@ is also where ranks are summed and the only host synchronisation of the call hap
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -22,11 +23,14 @@ WeightGradients = Sequence[tuple[torch.Tensor, torch.Tensor, int]]
 
 def molchanov_term(weights: WeightGradients, dtype: torch.dtype) -> torch.Tensor:
     """``sum over w in W_c of (w * dL/dw)^2`` per unit ``c``: a Conv/Linear weight (dim 0), a
-    ConvTranspose weight (dim 1), a bias or a normalisation layer's affine vector (dim 0)."""
+    ConvTranspose weight (dim 1), a bias or a normalisation layer's affine vector (dim 0); a tuple of
+    dims indexes units by several dims, the first slowest (experts' down projection ``[E, H, I]``: (0, 2))."""
     total = None
     for param, grad, dim in weights:
+        dims = dim if isinstance(dim, tuple) else (dim,)
         contrib = (param.detach().to(dtype) * grad.to(dtype)).square()
-        contrib = contrib.movedim(dim, 0).reshape(contrib.shape[dim], -1).sum(1)
+        units = math.prod(contrib.shape[d] for d in dims)
+        contrib = contrib.movedim(dims, tuple(range(len(dims)))).reshape(units, -1).sum(1)
         total = contrib if total is None else total + contrib
     return total
 

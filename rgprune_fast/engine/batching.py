@@ -26,6 +26,17 @@ class Batch:
     def call(self, model: torch.nn.Module) -> Any:
         return model(*self.args, **self.kwargs)
 
+    @property
+    def examples(self) -> int | None:
+        """The batch size: dim 0 of the first tensor among the model's arguments."""
+        return _leading_size((self.args, self.kwargs))
+
+    def example(self, e: int) -> Batch:
+        """The batch cut down to its example ``e`` (every tensor whose dim 0 is the batch size)."""
+        n = self.examples
+        pick = lambda t: t[e : e + 1]  # noqa: E731
+        return Batch(self.raw, _map_examples(self.args, n, pick), _map_examples(self.kwargs, n, pick), None, self.index)
+
 
 def to_device(obj: Any, device: torch.device) -> Any:
     """Move every tensor inside (nested tuples, lists, dicts) to ``device``."""
@@ -173,20 +184,25 @@ class BatchStream:
                 raise EmptyDataError(NO_BATCH)
 
 
-def logits_of(output: Any) -> torch.Tensor:
-    """The logits in a model output: a tensor, ``.logits`` / ``["logits"]``, or the first tensor of a tuple."""
+def scored_output(output: Any) -> tuple[torch.Tensor, bool]:
+    """The tensor whose gradient is set, and whether it is the logits: a tensor, ``.logits`` /
+    ``["logits"]``, else the first output (an encoder's ``last_hidden_state``, the first tensor of a tuple)."""
+    found, is_logits = None, True
     if isinstance(output, torch.Tensor):
         found = output
     elif getattr(output, "logits", None) is not None and isinstance(output.logits, torch.Tensor):
         found = output.logits
     elif isinstance(output, Mapping) and isinstance(output.get("logits"), torch.Tensor):
         found = output["logits"]
+    elif isinstance(output, Mapping) and output and isinstance(next(iter(output.values())), torch.Tensor):
+        found, is_logits = next(iter(output.values())), False  # transformers' ModelOutput: last_hidden_state
     elif isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
         found = output[0]
-    else:
+    if found is None:
         raise TypeError(
             f"cannot find the logits in a model output of type {type(output).__name__}: expected a tensor, "
-            "an object/dict with 'logits', or a tuple whose first element is a tensor"
+            "an object/dict with 'logits' or whose first entry is a tensor, or a tuple whose first element is a "
+            "tensor"
         )
     if not found.is_floating_point():
         raise TypeError(f"the model output (logits) must be floating point, got dtype {found.dtype}")
@@ -194,4 +210,17 @@ def logits_of(output: Any) -> torch.Tensor:
         raise ValueError(
             f"the model output must be [N, ..., classes] with an example dim, got shape {tuple(found.shape)}"
         )
-    return found
+    return found, is_logits
+
+
+def logits_of(output: Any) -> torch.Tensor:
+    """The tensor whose gradient is set (:func:`scored_output`)."""
+    return scored_output(output)[0]
+
+
+def padding_mask(batch: Batch, output: torch.Tensor) -> torch.Tensor | None:
+    """The batch's ``attention_mask`` when it marks the positions of a ``[N, T, ...]`` output, else ``None``."""
+    mask = batch.kwargs.get("attention_mask")
+    if not isinstance(mask, torch.Tensor) or output.dim() < 3 or tuple(mask.shape) != tuple(output.shape[:2]):
+        return None
+    return mask

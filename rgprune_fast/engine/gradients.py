@@ -1,7 +1,10 @@
 """The output gradient ``g`` that is backpropagated (docs/design.md, "The mathematics").
 
 * ``"label"``: ``d(sum_n CE(y_n, t_n))/dy = softmax(y) - onehot(t)``; targets equal to ``-100`` are
-  ignored (zero gradient), as in :func:`torch.nn.functional.cross_entropy`.
+  ignored (zero gradient), as in :func:`torch.nn.functional.cross_entropy`. For a confident prediction
+  ``p_t - 1`` cancels, so it is formed as ``expm1(log_softmax_t)``, and float32 logits are taken
+  through the softmax in float64 (in chunks): within float32 rounding of the exact gradient, where
+  PyTorch's own float32 cross-entropy backward loses digits.
 * ``"random"``: i.i.d. N(0, 1) of the output's shape, drawn in float32 from one
   ``torch.Generator(device).manual_seed(seed)`` per ``score`` call, batch after batch (reproducible).
 * a callable ``(output, batch) -> tensor`` of the output's shape.
@@ -77,11 +80,15 @@ def shift_targets(targets):
 
 
 def label_gradient(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """``softmax(logits) - onehot(targets)`` over the last dim (rows with target -100: zero)."""
-    g = torch.softmax(logits, dim=-1)
+    """``softmax(logits) - onehot(targets)`` over the last dim (rows with target -100: zero).
+
+    The target entry ``p_t - 1`` is formed as ``expm1(log_softmax_t)``: for a confident prediction
+    ``p_t - 1`` cancels to a few ulp of 1, which in float32 would lose most of its digits."""
+    log_p = torch.log_softmax(logits, dim=-1)
+    g = log_p.exp()
     keep = targets != IGNORE_INDEX
-    safe = torch.where(keep, targets, 0).long()
-    g.scatter_add_(-1, safe.unsqueeze(-1), torch.full_like(g[..., :1], -1.0))
+    safe = torch.where(keep, targets, 0).long().unsqueeze(-1)
+    g.scatter_(-1, safe, torch.expm1(log_p.gather(-1, safe)))
     return g * keep.unsqueeze(-1)
 
 
@@ -104,8 +111,9 @@ class OutputGradient:
 
     ``g`` is written straight into a tensor of the output's dtype, a chunk of rows (output vectors) at a
     time, so that an LLM's ``[N, T, vocab]`` gradient costs one output-sized tensor plus one chunk of
-    float32 scratch. Outputs with at most ``CHUNK_ELEMENTS`` elements are one chunk (the random draws
-    of a chunked output therefore differ from one big draw; both are deterministic).
+    float32 scratch (float64, half the rows, for the label gradient of float32 logits). Outputs with at
+    most ``CHUNK_ELEMENTS`` elements are one chunk (the random draws of a chunked output therefore
+    differ from one big draw; both are deterministic).
     """
 
     def __init__(self, gradient: GradientSpec, normalize: bool, seed: int, device: torch.device, shift: bool = False):
@@ -131,9 +139,13 @@ class OutputGradient:
         if self.gradient == "label":
             targets = check_targets(output, shift_targets(targets) if self.shift else targets).reshape(-1)
         acc = stat_dtype(output.dtype)
+        if self.gradient == "label" and output.dtype == torch.float32:
+            # softmax - onehot cancels for confident predictions; float32 logits are exact in float64
+            acc = torch.float64
         rows = output.detach().reshape(-1, output.shape[-1])
         g = torch.empty_like(rows, memory_format=torch.contiguous_format)
-        step = max(1, CHUNK_ELEMENTS // max(1, rows.shape[1]))
+        elements = CHUNK_ELEMENTS // 2 if acc == torch.float64 and output.dtype != torch.float64 else CHUNK_ELEMENTS
+        step = max(1, elements // max(1, rows.shape[1]))
         for start in range(0, rows.shape[0], step):
             chunk = slice(start, start + step)
             if self.gradient == "label":

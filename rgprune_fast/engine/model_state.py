@@ -1,20 +1,59 @@
-"""Leave the model exactly as found: training flags, ``requires_grad`` flags and ``.grad``."""
+"""Leave the model exactly as found: training flags, ``requires_grad`` flags, ``.grad``, and what the
+model's own forward caches on its modules while it is scored."""
 
 from __future__ import annotations
 
 import types
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 from torch import nn
 
+_MISSING = object()
+
+
+def _cache_attributes(module: nn.Module) -> dict[str, Any]:
+    """A module's public plain attributes a forward may fill (tensors, dicts, lists), as they are now."""
+    saved = {}
+    for key, value in module.__dict__.items():
+        if key.startswith("_"):
+            continue
+        if isinstance(value, torch.Tensor) and not isinstance(value, nn.Parameter):
+            saved[key] = value
+        elif isinstance(value, dict):
+            saved[key] = (value, dict(value))
+        elif isinstance(value, list):
+            saved[key] = (value, list(value))
+    return saved
+
+
+def _restore_cache_attributes(module: nn.Module, saved: dict[str, Any]) -> None:
+    for key, was in saved.items():
+        if isinstance(was, torch.Tensor):
+            if module.__dict__.get(key) is not was:
+                module.__dict__[key] = was
+            continue
+        container, content = was
+        if module.__dict__.get(key) is not container:
+            module.__dict__[key] = container
+        if isinstance(container, dict):
+            now = container.items()
+            if len(container) != len(content) or any(content.get(k, _MISSING) is not v for k, v in now):
+                container.clear()  # e.g. timm LeViT's attention_bias_cache, filled in eval mode
+                container.update(content)
+        elif len(container) != len(content) or any(a is not b for a, b in zip(container, content)):
+            container[:] = content
+
 
 @contextmanager
 def preserved(model: nn.Module) -> Iterator[None]:
-    """Restore every module's ``training`` flag and every parameter's ``requires_grad`` and ``.grad``
-    on exit, also when the body raises."""
+    """Restore every module's ``training`` flag, every parameter's ``requires_grad`` and ``.grad``, and
+    the public tensor / dict / list attributes of every module (caches its forward fills in eval mode
+    would otherwise keep tensors of the scoring call's graph) on exit, also when the body raises."""
     training = [(m, m.training) for m in model.modules()]
+    caches = [(m, _cache_attributes(m)) for m in model.modules()]
     params = list(model.parameters())
     requires_grad = [p.requires_grad for p in params]
     grads = [p.grad for p in params]
@@ -23,6 +62,8 @@ def preserved(model: nn.Module) -> Iterator[None]:
     finally:
         for m, flag in training:
             m.training = flag
+        for m, saved in caches:
+            _restore_cache_attributes(m, saved)
         for p, flag, grad in zip(params, requires_grad, grads):
             p.requires_grad_(flag)
             if p.grad is not grad:

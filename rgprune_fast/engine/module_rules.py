@@ -105,14 +105,16 @@ def is_batchnorm(module: nn.Module) -> bool:
     return isinstance(module, _BatchNorm)
 
 
+# The forwards the ``batchnorm`` tap may replace: in eval mode exactly ``F.batch_norm`` with running stats.
+# A subclass with its own forward (timm's BatchNormAct2d adds an activation) keeps its forward.
+PLAIN_BATCHNORM_FORWARDS = (_BatchNorm.forward, nn.SyncBatchNorm.forward)
+
+
 def uses_running_stats(module: nn.Module) -> bool:
-    """A BatchNorm that, in eval mode, computes ``(z - running_mean) * scale + shift``."""
-    return is_batchnorm(module) and module.track_running_stats and module.running_mean is not None
-
-
-RELU_TYPES = (nn.ReLU, nn.ReLU6)
-
-
-def relu_upper(module: nn.Module) -> float | None:
-    """The clamp of a ReLU-family module: ``None`` for ReLU, 6.0 for ReLU6."""
-    return 6.0 if isinstance(module, nn.ReLU6) else None
+    """A BatchNorm whose forward, in eval mode, is exactly ``(z - running_mean) * scale + shift``."""
+    return (
+        is_batchnorm(module)
+        and type(module).forward in PLAIN_BATCHNORM_FORWARDS
+        and module.track_running_stats
+        and module.running_mean is not None
+    )

@@ -4,8 +4,8 @@ the model's modules connect, so that each scored module can be given a tap that 
 It records, for every module call: its first input tensor and output tensor, their autograd edges and
 their in-place versions, at the call and at the end of the forward pass. From that and the autograd
 graph it answers: was the module called; does its output go straight into a BatchNorm; is its output
-(or a view of it) the model's output; is its output modified in place later; is a ReLU module the only
-differentiable consumer of its output.
+(or a view of it) the model's output; is its output modified in place later; is a fused activation module
+(ReLU, ReLU6, LeakyReLU: engine/activations.py) the only differentiable consumer of its output.
 """
 
 from __future__ import annotations
@@ -14,10 +14,9 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from . import module_rules
+from . import activations, module_rules
 from .batching import Batch, logits_of
 from .model_state import override_forward, requires_grad
 
@@ -35,6 +34,21 @@ def edge_key(edge):
     return None if edge is None else (id(edge[0]), edge[1])
 
 
+def alias_key(t: torch.Tensor) -> tuple:
+    """Equal for two tensors that are the same values in the same memory (a module's output and the
+    alias a full backward hook hands on in its place); the probe keeps every tensor it compares alive."""
+    try:
+        storage = t.untyped_storage().data_ptr()
+    except (RuntimeError, NotImplementedError):  # no plain storage (sparse, nested): identity only
+        return (id(t),)
+    return (storage, t.storage_offset(), tuple(t.shape), tuple(t.stride()), t.dtype, t.device)
+
+
+def is_folded(t: torch.Tensor | None, examples: int) -> bool:
+    """Whether ``t`` may hold the batch folded into dim 0 (``[N * k, ..., C]``, k > 1)."""
+    return t is not None and t.dim() >= 2 and t.shape[0] != examples and t.shape[0] % examples == 0
+
+
 @dataclass(eq=False)
 class Call:
     """One call of one module during the probe."""
@@ -47,7 +61,7 @@ class Call:
     out: torch.Tensor | None = None
     out_edge: tuple | None = None
     out_version: int = 0
-    inplace: bool = False  # an in-place ReLU/ReLU6 module, run out of place by the probe
+    inplace: bool = False  # an in-place fused activation module, run out of place by the probe
     grad_enabled: bool = True  # False: the call ran under no_grad (e.g. reentrant checkpointing)
 
 
@@ -60,20 +74,23 @@ class ProbeResult:
         self.output = output  # the logits
         self.examples = output.shape[0]
         self._nodes = nodes  # keeps graph nodes alive while their ids are compared
-        # id(tensor) -> the calls that returned it (their pristine output) / took it as first input
-        self._returned: dict[int, list[Call]] = defaultdict(list)
-        self._taken: dict[int, list[Call]] = defaultdict(list)
+        # alias key -> the calls that returned it (their pristine output) / took it as first input
+        self._returned: dict[tuple, list[Call]] = defaultdict(list)
+        self._taken: dict[tuple, list[Call]] = defaultdict(list)
         for module_calls in calls.values():
             for c in module_calls:
                 if c.out is not None:
-                    self._returned[id(c.out)].append(c)
+                    self._returned[alias_key(c.out)].append(c)
                 if c.inp is not None:
-                    self._taken[id(c.inp)].append(c)
+                    self._taken[alias_key(c.inp)].append(c)
+        self._output_edges = _edges_reaching_output(output, calls)
+        self.folds: dict[tuple[str, int, str], bool] = {}  # (name, call, side) -> rows map to examples
 
     def _modified_later(self, t: torch.Tensor | None, version: int) -> bool:
         if t is None:
             return False
-        return t._version != version or any(c.inplace and c.inp_version >= version for c in self._taken.get(id(t), []))
+        taken = self._taken.get(alias_key(t), [])
+        return t._version != version or any(c.inplace and c.inp_version >= version for c in taken)
 
     def output_modified_later(self, call: Call) -> bool:
         """Whether something writes to ``call``'s output in place after the call."""
@@ -83,20 +100,27 @@ class ProbeResult:
         return self._modified_later(call.inp, call.inp_version)
 
     def produces_output(self, name: str) -> bool:
-        """Whether the module's output, or a view of it, is the model's output."""
+        """Whether the module's output channels are the model's output: its output (or a view of it) is
+        the model's output, or reaches it without passing through another Conv/Linear (a classifier
+        conv followed by pooling, a BatchNorm after the last Linear)."""
         ptr = self.output.untyped_storage().data_ptr()
-        return any(c.out is not None and c.out.untyped_storage().data_ptr() == ptr for c in self.calls.get(name, ()))
+        for c in self.calls.get(name, ()):
+            if c.out is not None and c.out.untyped_storage().data_ptr() == ptr:
+                return True
+            if edge_key(c.out_edge) in self._output_edges:
+                return True
+        return False
 
     def _pristine_sources(self, call: Call) -> list[Call]:
         """The calls whose unmodified output is ``call``'s first input."""
         if call.inp is None:
             return []
-        return [c for c in self._returned.get(id(call.inp), []) if c.out_version == call.inp_version]
+        return [c for c in self._returned.get(alias_key(call.inp), []) if c.out_version == call.inp_version]
 
     def feeds_batchnorm(self, name: str) -> bool:
         """Whether a call's pristine output is the input of a BatchNorm call."""
         for c in self.calls.get(name, ()):
-            for consumer in self._taken.get(id(c.out), []):
+            for consumer in self._taken.get(alias_key(c.out), []) if c.out is not None else []:
                 if module_rules.is_batchnorm(consumer.module) and c in self._pristine_sources(consumer):
                     return True
         return False
@@ -110,20 +134,44 @@ class ProbeResult:
         return found.pop() if len(found) == 1 else None
 
     def relu_consumer(self, call: Call) -> Call | None:
-        """The ReLU/ReLU6 module call that is the only differentiable consumer of ``call``'s output."""
+        """The fused activation module call (ReLU, ReLU6, LeakyReLU) that is the only differentiable
+        consumer of ``call``'s output."""
         key = edge_key(call.out_edge)
         nodes = self.consumers.get(key, []) if key is not None else []
         if len(nodes) != 1:
             return None
-        for r in self._taken.get(id(call.out), []):
+        for r in self._taken.get(alias_key(call.out), []) if call.out is not None else []:
             if (
-                isinstance(r.module, module_rules.RELU_TYPES)
+                activations.fused(r.module) is not None
                 and r.inp_key == key
                 and r.out_edge is not None
                 and r.out_edge[0] is nodes[0]
             ):
                 return r
         return None
+
+
+def _edges_reaching_output(output: torch.Tensor, calls: dict[str, list[Call]]) -> set:
+    """Edge keys from which the output is reached without passing through a Conv/Linear's output: the
+    walk back from the output stops at (and includes) the first producer outputs it meets."""
+    if output.grad_fn is None:
+        return set()
+    producer_edges = {edge_key(c.out_edge) for cs in calls.values() for c in cs if module_rules.is_producer(c.module)}
+    start = edge_key(edge_of(output))
+    reached, seen, stack = {start}, {id(output.grad_fn)}, []
+    if start not in producer_edges:
+        stack.append(output.grad_fn)
+    while stack:
+        node = stack.pop()
+        for nxt, nr in node.next_functions:
+            if nxt is None:
+                continue
+            key = (id(nxt), nr)
+            reached.add(key)
+            if key not in producer_edges and id(nxt) not in seen:
+                seen.add(id(nxt))
+                stack.append(nxt)
+    return reached
 
 
 def _consumers(root) -> tuple[dict[tuple, list], list]:
@@ -146,14 +194,9 @@ def _first_tensor(args: tuple) -> torch.Tensor | None:
     return next((a for a in args if isinstance(a, torch.Tensor)), None)
 
 
-def _out_of_place_relu(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    upper = module_rules.relu_upper(module)
-    return F.relu(x) if upper is None else F.hardtanh(x, 0.0, upper)
-
-
 def run_probe(model: nn.Module, batch: Batch) -> ProbeResult:
     """Run the probe forward (eval mode is the caller's business) with every parameter requiring grad,
-    so that the autograd graph shows every differentiable connection. ReLU/ReLU6 modules run out of
+    so that the autograd graph shows every differentiable connection. In-place fused activations run out of
     place, so that the graph shows the pristine output's consumers; their in-place writes are
     accounted for by :meth:`ProbeResult.output_modified_later`."""
     calls: dict[str, list[Call]] = defaultdict(list)
@@ -164,7 +207,7 @@ def run_probe(model: nn.Module, batch: Batch) -> ProbeResult:
         def hook(module, args):
             inp = _first_tensor(args)
             call = Call(name, module, inp, edge_key(edge_of(inp)), inp._version if inp is not None else 0)
-            call.inplace = isinstance(module, module_rules.RELU_TYPES) and module.inplace
+            call.inplace = module in fused_inplace
             call.grad_enabled = torch.is_grad_enabled()
             open_calls[id(module)].append(call)
 
@@ -176,15 +219,17 @@ def run_probe(model: nn.Module, batch: Batch) -> ProbeResult:
             call.out, call.out_edge, call.out_version = out, edge_of(out), out._version
         calls[call.name].append(call)
 
-    overrides = []
+    overrides, fused_inplace = [], set()
     try:
         for name, module in model.named_modules():
             if module is model:
                 continue
             handles.append(module.register_forward_pre_hook(pre_hook(name)))
             handles.append(module.register_forward_hook(post_hook))
-            if isinstance(module, module_rules.RELU_TYPES) and module.inplace:
-                overrides.append(override_forward(module, _out_of_place_relu))
+            form = activations.fused(module)
+            if form is not None and module.inplace:
+                fused_inplace.add(module)
+                overrides.append(override_forward(module, lambda m, x, form=form: form.forward(x, inplace=False)))
         with torch.enable_grad(), requires_grad(model.parameters(), True):
             y = logits_of(batch.call(model))
     finally:
@@ -193,4 +238,59 @@ def run_probe(model: nn.Module, batch: Batch) -> ProbeResult:
         for restore in overrides:
             restore()
     consumers, nodes = _consumers(y.grad_fn) if y.grad_fn is not None else ({}, [])
-    return ProbeResult(dict(calls), consumers, y, nodes)
+    result = ProbeResult(dict(calls), consumers, y, nodes)
+    result.folds = _verify_folds(model, batch, result)
+    return result
+
+
+FOLD_TOLERANCE = 1e-3  # relative; batch-size-dependent kernels round differently, other examples differ by O(1)
+
+
+def _verify_folds(model: nn.Module, batch: Batch, probe: ProbeResult) -> dict[tuple[str, int, str], bool]:
+    """For every module tensor with the batch folded into dim 0 (``[N * k, ...]``): whether rows
+    ``[e * k, (e + 1) * k)`` are example ``e``'s, checked by running each probe example alone and
+    comparing. A fold that is a reshape of ``[N, k, ...]`` passes; one that interleaves examples
+    (``[k, N, ...]``) or routes rows (Mixture-of-Experts) does not."""
+    examples = probe.examples
+    wanted = {}
+    for name, module_calls in probe.calls.items():
+        for i, c in enumerate(module_calls):
+            for side, t in (("output", c.out), ("input", c.inp)):
+                if is_folded(t, examples):
+                    wanted[(name, i, side)] = t.detach()
+    if not wanted:
+        return {}
+    verdict = dict.fromkeys(wanted, examples >= 2)  # one example: nothing to tell rows apart by
+    names = {name for name, _, _ in wanted}
+    for e in range(examples if examples >= 2 else 0):
+        seen: dict[str, int] = defaultdict(int)
+        captured: dict[tuple[str, int, str], torch.Tensor] = {}
+
+        def capture(name, seen=seen, captured=captured):
+            def hook(module, args, out):
+                i = seen[name]
+                seen[name] += 1
+                for side, t in (("output", out), ("input", _first_tensor(args))):
+                    if (name, i, side) in wanted and isinstance(t, torch.Tensor):
+                        captured[(name, i, side)] = t.detach().clone()
+
+            return hook
+
+        handles = [m.register_forward_hook(capture(n)) for n, m in model.named_modules() if n in names]
+        try:
+            with torch.no_grad():
+                batch.example(e).call(model)
+        finally:
+            for h in handles:
+                h.remove()
+        for key, full in wanted.items():
+            rows = full.shape[0] // examples
+            got = captured.get(key)
+            part = full[e * rows : (e + 1) * rows]
+            if got is None or got.shape != part.shape:
+                verdict[key] = False
+                continue
+            scale = part.abs().max().item() if part.numel() else 0.0
+            if not torch.allclose(got.to(part.dtype), part, rtol=FOLD_TOLERANCE, atol=FOLD_TOLERANCE * scale):
+                verdict[key] = False
+    return verdict

@@ -18,9 +18,12 @@ import torch
 from torch import nn
 
 from ..units import Unit
+from .activations import out_of_place
 from .batching import BatchStream, head
 from .distributed import rank_seed
+from .experts import routing
 from .gradients import check_seed
+from .handlers import calling_projections
 from .model_state import activate_checkpointing, check_materialized, model_device, preserved, unwrap
 from .planning import TapPlan, plan_taps, resolve_units
 from .probe import PROBE_EXAMPLES, run_probe
@@ -62,10 +65,13 @@ def session(
     target: Target, data: Any, *, max_batches: int | None, molchanov: bool, cycle: bool = False
 ) -> Iterator[Session]:
     """Read the first batch, then, with the model in eval mode and restored on exit, probe the model
-    on its first examples and plan the taps (``molchanov``: with each unit's weights ``W_c``)."""
+    on its first examples and plan the taps (``molchanov``: with each unit's weights ``W_c``). In-place
+    activations that can run out of place at no memory cost do so until exit (engine/activations.py), and
+    modules that apply a Linear through its weights call it as a module (engine/handlers.py), and
+    Mixture-of-Experts experts run a forward that exposes each expert's neurons (engine/experts.py)."""
     batches = BatchStream(data, max_batches, target.device, cycle=cycle)
     model = target.model
-    with preserved(model):
+    with preserved(model), out_of_place(model), calling_projections(model), routing(model):
         model.eval()
         activate_checkpointing(model)
         probe = run_probe(model, head(batches.first, PROBE_EXAMPLES))

@@ -1,81 +1,157 @@
-"""Default units of transformer models (Hugging Face Llama/Mistral/Qwen, GPT-2, BERT, ViT and
-look-alikes), recognised by their ``config`` and module names.
+"""Default units of transformer models: attention heads and MLP neurons, for Hugging Face models and
+for the timm / torchvision ones alike, recognised by module names (:data:`UNIT_RULES`, the one table)
+and by the attention modules' own head attributes.
 
-* MLP neurons: the input of the MLP's down projection (``mlp.down_proj``, ``mlp.fc2``, GPT-2's
-  ``mlp.c_proj``, BERT's ``layer.N.output.dense``), one unit per channel.
-* Attention heads: the input of the attention output projection (``self_attn.o_proj``,
-  ``attention.o_proj``, ``attn.out_proj``, GPT-2's ``attn.c_proj``, BERT's
-  ``attention.output.dense``), grouped by ``head_dim``, so each layer yields ``num_attention_heads``
-  scores. With grouped-query attention the output projection still sees every query head, so the
-  rule is unchanged.
+* MLP neurons: the input of the MLP's down projection, one unit per channel.
+* Attention heads: the input of the attention output projection, grouped by head size, so each
+  layer yields its number of query heads (grouped-query and multi-query attention: the output
+  projection still sees every query head). The head count is read from the attention module
+  (``num_heads``, ``num_attention_heads``, ``n_heads``, ``n_head``, or ``head_dim`` /
+  ``attention_head_size`` / ``key_value_proj_dim``) next to the projection, so per-layer counts (Swin)
+  are right; the model's ``config`` is the fallback.
+* Mixture-of-Experts experts (engine/experts.py): one unit per neuron of every expert.
 
-Anything else keeps the convolutional default (planning.py). Pass ``modules=`` to override.
+A model is treated as a transformer when it (or a module inside a wrapper) has a Hugging Face
+``config``, or when a head rule matches. Then the default is these units plus the BatchNorm layers
+the convolutional default would score (hybrids: MobileViT, MaxViT, ...). Pass ``modules=`` to override.
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 from torch import nn
 
 from ..units import Unit
+from . import experts
 
-NEURON_PATTERNS = [
-    r"(^|\.)mlp\.(down_proj|fc2|c_proj|dense_4h_to_h)$",
-    r"(^|\.)(feed_forward|ffn)\.(down_proj|fc2|w2|output_dense)$",
-    r"(^|\.)layer\.\d+\.output\.dense$",  # BERT-style: intermediate -> output.dense
-]
-HEAD_PATTERNS = [
-    r"(^|\.)(self_attn|attn|attention|self_attention)\.(o_proj|out_proj|c_proj|dense)$",
-    r"(^|\.)attention\.output\.dense$",  # BERT-style
-]
+
+@dataclass(frozen=True)
+class UnitRule:
+    pattern: str  # searched in the module's full name
+    unit: str  # "head" (input grouped by head size) | "neuron" (input, one per channel)
+    families: str  # where the pattern comes from (documentation)
+
+
+_ATTENTION = (
+    r"(^|\.)(self_attn|attn|attention|self_attention|SelfAttention|EncDecAttention|encoder_attn|crossattention)"
+)
+UNIT_RULES = (
+    UnitRule(
+        _ATTENTION + r"\.(o_proj|out_proj|c_proj|dense|proj|o|out_lin)$",
+        "head",
+        "Llama/Mistral/Qwen/Mixtral (self_attn.o_proj), OPT/CLIP/BART (out_proj), GPT-2 (attn.c_proj), "
+        "T5 (SelfAttention.o), DistilBERT (attention.out_lin), timm ViT/Swin (attn.proj), torchvision "
+        "ViT (self_attention.out_proj) and Swin (attn.proj), called as modules by handlers.py",
+    ),  # fmt: skip
+    UnitRule(r"(^|\.)(attention|crossattention)\.output\.dense$", "head", "BERT, RoBERTa, HF ViT, HF Swin"),
+    UnitRule(r"(^|\.)attn_layer\.\d+\.merge$", "head", "torchvision MaxViT (attn_layer.1.merge)"),
+    UnitRule(
+        r"(^|\.)(mlp|ffn|feed_forward|DenseReluDense)\.(down_proj|fc2|c_proj|w2|wo|lin2|dense_4h_to_h|"
+        r"output_dense)$",
+        "neuron",
+        "Llama (mlp.down_proj), GPT-2 (mlp.c_proj), ViT/CLIP/timm (mlp.fc2), T5 (DenseReluDense.wo), "
+        "DistilBERT (ffn.lin2)",
+    ),  # fmt: skip
+    UnitRule(r"(^|\.)(mlp|mlp_layer)\.3$", "neuron", "torchvision ViT / Swin / MaxViT (Linear, act, Dropout, Linear)"),
+    UnitRule(r"(^|\.)(layer\.\d+|blocks\.\d+)\.output\.dense$", "neuron", "BERT-style, HF Swin"),
+    UnitRule(r"(^|\.)layers\.\d+\.fc2$", "neuron", "OPT (fc1/fc2 directly on the decoder layer)"),
+)
+
+HEAD_COUNT_ATTRS = ("num_heads", "num_attention_heads", "n_heads", "n_head")
+HEAD_SIZE_ATTRS = ("head_dim", "attention_head_size", "key_value_proj_dim", "head_size")
 
 
 def _in_features(module: nn.Module) -> int | None:
     if isinstance(module, nn.Linear):
         return module.in_features
+    if isinstance(module, nn.MultiheadAttention):
+        return module.embed_dim
     weight = getattr(module, "weight", None)
     if type(module).__name__ == "Conv1D" and weight is not None:  # GPT-2: weight is [in, out]
         return weight.shape[0]
     return None
 
 
+def hf_config(model: nn.Module):
+    """The Hugging Face ``config`` of the model, or of the first module inside it that has one (a wrapper)."""
+    for module in model.modules():
+        config = getattr(module, "config", None)
+        if config is not None and getattr(config, "model_type", None) is not None:
+            return config
+    return None
+
+
 def head_layout(config) -> tuple[int, int] | None:
-    """``(num_attention_heads, head_dim)`` from a transformers config, if it has them."""
+    """``(num_attention_heads, head_dim)`` from a transformers config, if it has plain ints for them."""
     heads = getattr(config, "num_attention_heads", None) or getattr(config, "n_head", None)
     hidden = getattr(config, "hidden_size", None) or getattr(config, "n_embd", None)
-    if not heads:
+    if not isinstance(heads, int) or not heads:
         return None
-    head_dim = getattr(config, "head_dim", None) or (hidden // heads if hidden else None)
-    return (heads, head_dim) if head_dim else None
+    head_dim = getattr(config, "head_dim", None) or (hidden // heads if isinstance(hidden, int) else None)
+    return (heads, head_dim) if isinstance(head_dim, int) and head_dim else None
 
 
-def is_transformer(model: nn.Module) -> bool:
-    config = getattr(model, "config", None)
-    return config is not None and getattr(config, "model_type", None) is not None
+def _int_attr(module: nn.Module, names: tuple[str, ...]) -> int | None:
+    for name in names:
+        value = getattr(module, name, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
+
+
+def _head_size(model: nn.Module, name: str, width: int, fallback: tuple[int, int] | None) -> int | None:
+    """The head size of the output projection ``name`` (input width ``width``), read from the attention
+    module next to it: the projection itself, its parent and grandparent, and their direct children."""
+    parts = name.split(".")
+    for depth in range(len(parts), max(len(parts) - 3, -1), -1):
+        ancestor = model.get_submodule(".".join(parts[:depth]))
+        for holder in (ancestor, *ancestor.children()):
+            heads = _int_attr(holder, HEAD_COUNT_ATTRS)
+            if heads is not None and width % heads == 0:
+                return width // heads
+            size = _int_attr(holder, HEAD_SIZE_ATTRS)
+            if size is not None and width % size == 0:
+                return size
+    if fallback is not None and fallback[0] * fallback[1] == width:
+        return fallback[1]
+    return None
 
 
 def transformer_units(model: nn.Module) -> list[Unit]:
     """The default units of a transformer model, in ``named_modules()`` order; ``[]`` if not one."""
-    if not is_transformer(model):
-        return []
-    layout = head_layout(model.config)
-    units = []
+    config = hf_config(model)
+    fallback = head_layout(config) if config is not None else None
+    units, heads = [], False
     for name, module in model.named_modules():
+        if experts.is_routed_experts(module):
+            units.append(Unit(name, "experts"))
+            continue
         width = _in_features(module)
         if width is None:
             continue
-        if layout is not None and any(re.search(p, name) for p in HEAD_PATTERNS):
-            heads, head_dim = layout
-            if width == heads * head_dim:
-                units.append(Unit(name, "input", head_dim))
-                continue
-        if any(re.search(p, name) for p in NEURON_PATTERNS):
+        rule = next((r for r in UNIT_RULES if re.search(r.pattern, name)), None)
+        if rule is None:
+            continue
+        if rule.unit == "head":
+            size = _head_size(model, name, width, fallback)
+            if size is not None:
+                units.append(Unit(name, "input", size))
+                heads = True
+        else:
             units.append(Unit(name, "input", 1))
-    return units
+    return units if heads or config is not None else []
+
+
+def is_transformer(model: nn.Module) -> bool:
+    return hf_config(model) is not None
 
 
 def is_causal_lm(model: nn.Module) -> bool:
-    """Hugging Face causal language models: their labels are shifted by one position."""
-    name = type(model).__name__
-    return is_transformer(model) and ("CausalLM" in name or name.endswith("LMHeadModel"))
+    """Hugging Face causal language models (also inside a wrapper): labels are shifted by one position."""
+    for module in model.modules():
+        name = type(module).__name__
+        if getattr(module, "config", None) is not None and ("CausalLM" in name or name.endswith("LMHeadModel")):
+            return True
+    return False

@@ -43,6 +43,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..engine import experts
 from ..engine.batching import Batch, logits_of, replicate
 from ..engine.gradients import IGNORE_INDEX, shift_targets
 from ..engine.model_state import requires_grad
@@ -153,9 +154,22 @@ def sample_masks(plans: Sequence[TapPlan], masks: dict[str, torch.Tensor]):
 
         return hook
 
+    def experts_mask(plan):
+        def intercept(expert, h, token_rows, rows):
+            mask = masks[plan.key]
+            width = h.shape[1]
+            block = mask[:, expert * width : (expert + 1) * width]
+            return h * block[token_rows // (rows // mask.shape[0])].to(h.dtype)
+
+        return intercept
+
     try:
         for plan in plans:
-            if plan.unit.side == "output":
+            if plan.kind == "experts":
+                state = experts.state_of(plan.module)
+                state.intercept = experts_mask(plan)
+                handles.append(_Reset(state))
+            elif plan.unit.side == "output":
                 handles.append(plan.module.register_forward_hook(output_hook(plan)))
             else:
                 handles.append(plan.module.register_forward_pre_hook(input_hook(plan)))
@@ -163,6 +177,16 @@ def sample_masks(plans: Sequence[TapPlan], masks: dict[str, torch.Tensor]):
     finally:
         for h in handles:
             h.remove()
+
+
+class _Reset:
+    """Removes an experts module's mask intercept like a hook handle."""
+
+    def __init__(self, state):
+        self.state = state
+
+    def remove(self):
+        self.state.intercept = None
 
 
 def sample_scores(logits: torch.Tensor, reference: torch.Tensor, k: int) -> torch.Tensor:

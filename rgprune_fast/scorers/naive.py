@@ -25,6 +25,7 @@ from ..engine.batching import logits_of
 from ..engine.gradients import OutputGradient, check_gradient
 from ..engine.progress import progress_bar
 from ..engine.session import prepare, session
+from ..errors import UnsupportedModuleError
 
 
 def score(
@@ -47,6 +48,10 @@ def score(
     molchanov = any(c.needs_molchanov_weights for c in criteria)
     backend = TorchBackend()  # the criteria update in plain torch ops, as a user would write it
     with session(target, data, max_batches=max_batches, molchanov=molchanov) as run:
+        routed = [plan.key for plan in run.plans if plan.kind == "experts"]
+        if routed:
+            raise UnsupportedModuleError(f"the naive scorer does not score Mixture-of-Experts neurons ({routed}); "
+                                         "use rgprune_fast.score or leave them out of modules=")  # fmt: skip
         params = list(target.model.parameters())
         for p in params:
             p.requires_grad_(True)
@@ -63,6 +68,8 @@ def score(
                 for plan, unit_stats in zip(run.plans, stats):
                     s = sum(rows[plan.key]) if rows[plan.key] else None
                     rows[plan.key].clear()
+                    if s is not None and plan.folded and s.shape[0] != output.shape[0]:  # [N * k, C]: by example
+                        s = s.view(output.shape[0], -1, s.shape[-1]).sum(1)
                     unit_stats.add_batch(batch.index, output.shape[0], s, stat_dtype(output.dtype), target.device,
                                          grads)  # fmt: skip
                 for p in params:

@@ -51,25 +51,27 @@ class BatchNormTap(torch.autograd.Function):
 
 
 class ReluTap(torch.autograd.Function):
-    """ReLU / ReLU6 (in place or not) whose backward also yields ``s`` from the saved output ``r``."""
+    """A fused activation (ReLU, ReLU6, LeakyReLU; in place or not) whose backward also yields ``s`` from
+    the saved output ``r`` (``x * dx == r * dr`` for all three: engine/activations.py)."""
 
     @staticmethod
-    def forward(ctx, x, anchor, upper, inplace, tap):
-        if upper is None:
-            r = F.relu(x, inplace=inplace)
-        else:
-            r = F.hardtanh(x, 0.0, upper, inplace=inplace)
+    def forward(ctx, x, anchor, form, inplace, tap):
+        r = form.forward(x, inplace)
         if inplace:
             ctx.mark_dirty(x)
-        ctx.upper, ctx.tap = upper, tap
+        ctx.form, ctx.tap = form, tap
         ctx.save_for_backward(r)
         return r
 
     @staticmethod
     def backward(ctx, dr):
         (r,) = ctx.saved_tensors
-        tap = ctx.tap
-        dx, s = tap.backend.relu_stats(r, dr, ctx.upper, tap.channel_dim(r), ctx.needs_input_grad[0])
+        tap, form = ctx.tap, ctx.form
+        if form.slope:
+            s = tap.backend.channel_stats(r, dr, tap.channel_dim(r))
+            dx = form.input_grad(r, dr) if ctx.needs_input_grad[0] else None
+        else:
+            dx, s = tap.backend.relu_stats(r, dr, form.upper, tap.channel_dim(r), ctx.needs_input_grad[0])
         tap.add(s)
         return dx, None, None, None, None
 
@@ -92,3 +94,25 @@ class GenericTap(torch.autograd.Function):
         tap = ctx.tap
         tap.add(tap.backend.channel_stats(x, dx, tap.channel_dim(x)))
         return dx, None, None
+
+
+class ExpertTap(torch.autograd.Function):
+    """Identity on one expert's neurons ``h [tokens, I]`` that reduces ``h * dh`` in backward into the
+    block of that expert in ``s [N, E * I]``, each token's row going to its example."""
+
+    @staticmethod
+    def forward(ctx, h, anchor, tap, expert, example_of_row):
+        ctx.tap, ctx.expert = tap, expert
+        ctx.save_for_backward(h, example_of_row)
+        return h.view_as(h)
+
+    @staticmethod
+    def backward(ctx, dh):
+        h, example_of_row = ctx.saved_tensors
+        tap = ctx.tap
+        per_row = tap.backend.channel_stats(h, dh, 1)  # [tokens, I]
+        width = per_row.shape[1]
+        s = per_row.new_zeros(tap.examples, tap.plan.channels)
+        s[:, ctx.expert * width : (ctx.expert + 1) * width].index_add_(0, example_of_row, per_row)
+        tap.add(s)
+        return dh, None, None, None, None

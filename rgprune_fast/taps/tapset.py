@@ -16,11 +16,11 @@ from torch import nn
 
 from ..backends.contract import ReductionBackend
 from ..criteria import Criterion, UnitStatistics, finish
-from ..engine import module_rules
+from ..engine import activations, experts
 from ..engine.model_state import override_forward
 from ..engine.planning import NO_GRAD_MESSAGE, TapPlan
 from ..errors import UnsupportedModuleError
-from .functions import BatchNormTap, GenericTap, ReluTap
+from .functions import BatchNormTap, ExpertTap, GenericTap, ReluTap
 
 
 class Tap:
@@ -35,6 +35,7 @@ class Tap:
         self.stats = UnitStatistics(plan.key, plan.channels, plan.unit.channels_per_unit, plan.molchanov_weights,
                                     criteria, backend)  # fmt: skip
         self.batch_s: torch.Tensor | None = None
+        self.examples = 0  # this batch's size (to sum the rows of a folded [N * k, C] statistic by example)
         self.forward_calls = 0  # this batch: tap applications in forward ...
         self.backward_calls = 0  # ... and statistics received in backward
 
@@ -48,7 +49,15 @@ class Tap:
         return 1 if self.plan.channel_dim == 1 else t.dim() - 1
 
     def add(self, s: torch.Tensor) -> None:
-        """Called from backward: one call's ``s`` (several calls of a module in a batch add up)."""
+        """Called from backward: one call's ``s`` (several calls of a module in a batch add up); a folded
+        module's ``s[N * k, C]`` is summed over each example's ``k`` rows."""
+        if self.plan.folded and s.shape[0] != self.examples:
+            if not self.examples or s.shape[0] % self.examples:
+                raise RuntimeError(
+                    f"{self.plan.key!r}: {s.shape[0]} rows for a batch of {self.examples} examples; the structure "
+                    "probe saw the batch folded into dim 0, this batch does not fold the same way"
+                )
+            s = s.view(self.examples, -1, s.shape[-1]).sum(1)
         if self.batch_s is not None and self.batch_s.shape != s.shape:
             raise RuntimeError(
                 f"{self.plan.key!r} gave statistics of shapes {tuple(self.batch_s.shape)} and "
@@ -95,6 +104,10 @@ class TapSet:
                     overridden.append(override_forward(module, _batchnorm_forward(tap)))
                 elif kind == "input":
                     handles.append(module.register_forward_pre_hook(_input_hook(tap)))
+                elif kind == "experts":
+                    state = experts.state_of(module)
+                    state.intercept = _experts_intercept(tap)
+                    overridden.append(lambda state=state: setattr(state, "intercept", None))
                 elif kind == "relu":
                     handles.append(module.register_forward_hook(self._remember_for_relu(tap)))
                     for relu in tap.plan.relu_modules:
@@ -118,7 +131,7 @@ class TapSet:
         return hook
 
     def _relu_forward(self, relu: nn.Module):
-        upper = module_rules.relu_upper(relu)
+        form = activations.fused(relu)
         original = relu.forward  # bound, captured before the override
 
         def forward(module, x):
@@ -127,14 +140,15 @@ class TapSet:
                 return original(x)
             tap = pending[1]
             tap.applied()
-            return ReluTap.apply(x, tap.anchor, upper, module.inplace, tap)
+            return ReluTap.apply(x, tap.anchor, form, module.inplace, tap)
 
         return forward
 
-    def begin_batch(self) -> None:
+    def begin_batch(self, examples: int) -> None:
         self._pending_relu.clear()
         for tap in self.taps:
             tap.batch_s, tap.forward_calls, tap.backward_calls = None, 0, 0
+            tap.examples = examples
 
     def check_forward(self, batch: int) -> None:
         """After a batch's forward: every output planned for a fused ReLU tap went through its ReLU."""
@@ -174,6 +188,16 @@ def _generic_hook(tap: Tap):
         return GenericTap.apply(out, tap.anchor, tap)
 
     return hook
+
+
+def _experts_intercept(tap: Tap):
+    def intercept(expert: int, h: torch.Tensor, token_rows: torch.Tensor, rows: int) -> torch.Tensor:
+        if not tap.examples or rows % tap.examples:
+            raise RuntimeError(f"{tap.plan.key!r}: {rows} token rows for a batch of {tap.examples} examples")
+        tap.applied()
+        return ExpertTap.apply(h, tap.anchor, tap, expert, token_rows // (rows // tap.examples))
+
+    return intercept
 
 
 def _input_hook(tap: Tap):
