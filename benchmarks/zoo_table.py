@@ -21,9 +21,7 @@ def table(rows: list[dict]) -> str:
         lines.append(f"| {r['model']} | {r['specs']} | {r['units']} | {r['worst_rel_err']:.1e} | {ratio:.2f} |")
     ratios = [r["score_s"] / r["floor_s"] for r in rows if r["floor_s"]]
     worst = max(r["worst_rel_err"] for r in rows)
-    lines.append(
-        f"| **{len(rows)} models** | | | max {worst:.1e} | median {statistics.median(ratios):.2f} |"
-    )
+    lines.append(f"| **{len(rows)} models** | | | max {worst:.1e} | median {statistics.median(ratios):.2f} |")
     return "\n".join(lines)
 
 
