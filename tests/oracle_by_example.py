@@ -227,7 +227,7 @@ def _oracle(model, inputs, targets, specs, methods, gradient, shift, with_scale)
             per_example = per_example + torch.einsum("rn,rkc->nkc", mine, per_row)
         for n in range(y.shape[0]):
             rows[spec.key].append(per_example[n].view(2, spec.units, -1).sum(-1))
-    both = {k: torch.stack(v) for k, v in rows.items()}  # [N, 2, units]: s and the sum of |x * dx|
+    both = {k: torch.stack(v).detach() for k, v in rows.items()}  # [N, 2, units]: s and the sum of |x * dx|
     s_all = {k: v[:, 0] for k, v in both.items()}
     magnitude = {k: v[:, 1] for k, v in both.items()}
     group = {}
@@ -245,7 +245,7 @@ def _oracle(model, inputs, targets, specs, methods, gradient, shift, with_scale)
                 for d in dims:
                     units *= p.shape[d]
                 term = term + contrib.movedim(dims, tuple(range(len(dims)))).reshape(units, -1).sum(1)
-            group[spec.key] = term.view(spec.units, -1).sum(-1)
+            group[spec.key] = term.view(spec.units, -1).sum(-1).detach()
     criteria = {
         "taylorfo": lambda s, key: s.mean(0).abs(),
         "taylorfo_abs": lambda s, key: s.abs().mean(0),

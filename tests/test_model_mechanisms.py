@@ -269,3 +269,85 @@ def test_mixture_of_experts_neurons_with_both_scorers():
     assert keep[key].shape == scores[key].shape
     with pytest.raises(rg.UnsupportedModuleError, match="not a Mixture-of-Experts experts module"):
         rg.score(model, [inputs], modules=[rg.Unit("model.layers.0.mlp.gate", "experts")])
+
+
+def test_mc_gradient_masks_a_folded_batch_by_example():
+    model = Folded().eval()
+    x = torch.randn(3, 5, 4)
+    keep = rg.mc_gradient(model, [x], modules=["fc1", rg.Unit("fc2", "input")], steps=2, samples=2)
+    assert keep["fc1"].shape == (8,) and keep["fc2:input"].shape == (8,)
+
+
+def test_activation_whose_input_is_read_again_stays_in_place():
+    class ReadAgain(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1, self.act, self.conv2, self.fc = (
+                nn.Conv2d(3, 6, 3),
+                nn.SiLU(inplace=True),
+                nn.Conv2d(6, 4, 3),
+                nn.Linear(4, 3),
+            )
+
+        def forward(self, x):
+            y = self.conv1(x)
+            self.act(y)  # in place: conv2 reads the activated values
+            return self.fc(self.conv2(y).mean((2, 3)))
+
+    model = ReadAgain().eval()
+    x = torch.randn(2, 3, 8, 8)
+    with pytest.warns(rg.SkippedUnitsWarning, match="'conv1' \\(its output is modified in place later\\)"):
+        scores = rg.score(model, [x], method="taylorfo_sq", gradient=fixed_gradient)
+    assert list(scores) == ["conv2"]
+    assert_exact(model, x, scores)
+    assert model.act.inplace is True
+
+
+def test_forward_caches_are_removed_and_restored():
+    class Caching(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc, self.head, self.seen = nn.Linear(4, 6), nn.Linear(6, 3), {}
+            self.register_buffer("scale", torch.ones(6), persistent=False)
+
+        def forward(self, x):
+            self.last = self.fc(x)  # a tensor of the scoring call's graph
+            self.seen["x"] = self.last
+            self.calls = getattr(self, "calls", 0) + 1
+            self.scale = self.scale * 1.0  # a buffer replaced in forward
+            return self.head(torch.relu(self.last) * self.scale)
+
+    model = Caching().eval()
+    buffer = model.scale
+    rg.score(model, torch.randn(2, 4))
+    assert not hasattr(model, "last") and not hasattr(model, "calls")
+    assert model.seen == {} and model.scale is buffer
+
+
+def test_experts_not_scored_run_their_own_forward():
+    pytest.importorskip("transformers")
+    import zoo
+
+    case = next(c for c in zoo.HF if c.name == "mixtral-moe")
+    model = case.build()
+    inputs = case.inputs(torch.Generator().manual_seed(0))
+    experts = model.model.layers[0].mlp.experts
+    replaced = []
+    handle = experts.register_forward_pre_hook(lambda m, a: replaced.append("forward" in m.__dict__))
+    try:
+        rg.score(model, [inputs], modules=[rg.Unit("model.layers.0.self_attn.o_proj", "input", 8)])
+    finally:
+        handle.remove()
+    assert replaced[0] is True  # the structure probe (and its one-example runs) check rgprune_fast's forward
+    assert replaced[-1] is False  # not scored: the scoring batch runs the class's own forward
+
+
+def test_a_fold_that_cannot_run_one_example_alone_is_refused_not_raised():
+    class NeedsTwo(Folded):
+        def forward(self, x):
+            if x.shape[0] < 2:
+                raise RuntimeError("this model needs two examples")
+            return super().forward(x)
+
+    with pytest.raises(rg.UnsupportedModuleError, match="'fc1'.*cannot be assigned to examples"):
+        rg.score(NeedsTwo().eval(), torch.randn(2, 5, 4))

@@ -5,11 +5,14 @@ backward. Three cases, decided by what the module's class computes (its ``forwar
 the torch class's own, never a subclass's override):
 
 * **fused**: ReLU, ReLU6 and LeakyReLU (slope > 0). Their backward is a function of their output
-  ``r``, and ``x * dx == r * dr`` for all three, so the ``relu`` tap takes the statistic from ``r``
-  inside the activation's own backward and the activation stays in place.
+  ``r``, and ``x * dx`` is a function of ``r`` and ``dr`` (ReLU, LeakyReLU: ``r * dr``; ReLU6:
+  ``r * dr`` where ``0 < r < 6``, else 0), so the ``relu`` tap takes the statistic from ``r`` inside the
+  activation's own backward and the activation stays in place.
 * **out of place**: SiLU, Hardswish, Hardsigmoid, Mish. Autograd keeps a copy of their input even in
   place, so running them out of place for the duration of the call costs no memory that their own
   backward does not already take; :func:`out_of_place` flips their ``inplace`` flag and restores it.
+  Only while nothing else reads their input (the structure probe checks): in place, that reader would
+  see the activated values.
 * anything else that writes in place (ELU, CELU, SELU, a general Hardtanh, a custom class): the
   layer before it cannot be scored exactly; the default selection leaves it out with a warning.
 """
@@ -69,14 +72,33 @@ def runs_out_of_place_safely(module: nn.Module) -> bool:
     return any(isinstance(module, cls) and _exact(module, cls) for cls in OUT_OF_PLACE_SAFE)
 
 
+class Flipped:
+    """The in-place activation modules running out of place within one :func:`out_of_place`."""
+
+    def __init__(self, modules: list[nn.Module]):
+        self.modules = modules
+
+    def keep_in_place(self, modules) -> bool:
+        """Put ``modules`` back in place now (something else reads their input: out of place, it would
+        see the values before the activation, the user's network the values after); whether any was."""
+        back = {id(m) for m in modules}
+        for m in self.modules:
+            if id(m) in back:
+                m.inplace = True
+        self.modules = [m for m in self.modules if id(m) not in back]
+        return bool(back)
+
+
 @contextmanager
-def out_of_place(model: nn.Module) -> Iterator[None]:
-    """Run the model's in-place SiLU / Hardswish / Hardsigmoid / Mish modules out of place, restored on exit."""
+def out_of_place(model: nn.Module) -> Iterator[Flipped]:
+    """Run the model's in-place SiLU / Hardswish / Hardsigmoid / Mish modules out of place, restored on
+    exit. The structure probe then checks that nothing else reads their input (:meth:`Flipped.keep_in_place`)."""
     flipped = [m for m in model.modules() if getattr(m, "inplace", False) is True and runs_out_of_place_safely(m)]
+    state = Flipped(list(flipped))
     try:
         for m in flipped:
             m.inplace = False
-        yield
+        yield state
     finally:
         for m in flipped:
             m.inplace = True

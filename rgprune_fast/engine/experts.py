@@ -10,11 +10,14 @@ The tap maps a row to its example (``row // (rows / N)``: the layer's input fold
 rows, which the structure probe verifies) and sums ``h * dh`` per example and neuron: ``s[n, e * I + i]``.
 
 Its first call (the structure probe) is checked against the module's own forward on the same inputs;
-a module whose output differs (another gate, biases, a transposed layout) is not scored.
+a module whose output differs (another gate, biases, a transposed layout) is not scored, and, like every
+experts module that is not scored, gets its own forward back right after planning.
 """
 
 from __future__ import annotations
 
+import functools
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -23,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .model_state import override_forward
+from .model_state import ForwardOverrides
 
 EXPERTS_DISPATCH = "transformers.integrations.moe"  # where use_experts_implementation's forward lives
 AGREEMENT = 1e-4  # relative; the class's own forward may use grouped kernels that round differently
@@ -38,7 +41,7 @@ class ExpertsState:
     agrees: bool | None = None  # this forward agreed with the class's own on the first call
 
 
-_STATES: dict[int, ExpertsState] = {}
+_STATES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # module -> stack of states (nested calls)
 
 
 def is_routed_experts(module: nn.Module) -> bool:
@@ -71,11 +74,18 @@ def neurons(module: nn.Module) -> tuple[int, int]:
 
 
 def state_of(module: nn.Module) -> ExpertsState | None:
-    return _STATES.get(id(module))
+    """The state of ``module`` in the innermost active :func:`routing` (``None``: not routed)."""
+    states = _STATES.get(module)
+    return states[-1] if states else None
 
 
-def _forward(module, hidden_states, top_k_index, top_k_weights):
-    state = _STATES[id(module)]
+def agreement(dtype: torch.dtype) -> float:
+    """How far (relative to the output's largest entry) this forward may differ from the class's own
+    (grouped kernels, another summation order): a few units of the dtype's rounding."""
+    return max(AGREEMENT, 8 * torch.finfo(dtype).eps)
+
+
+def _forward(module, hidden_states, top_k_index, top_k_weights, *, state: ExpertsState):
     out = torch.zeros_like(hidden_states)
     rows = hidden_states.shape[0]
     with torch.no_grad():
@@ -97,23 +107,31 @@ def _forward(module, hidden_states, top_k_index, top_k_weights):
             state.agrees = False
         else:
             diff = (own - out.detach()).abs().max().item() if own.numel() else 0.0
-            state.agrees = diff <= AGREEMENT * (own.abs().max().item() if own.numel() else 0.0)
+            state.agrees = diff <= agreement(out.dtype) * (own.abs().max().item() if own.numel() else 0.0)
     return out
 
 
 @contextmanager
-def routing(model: nn.Module) -> Iterator[None]:
-    """Within: every routed-experts module runs :func:`_forward` (restored on exit)."""
-    restores, ids = [], []
+def routing(model: nn.Module) -> Iterator[ForwardOverrides]:
+    """Within: every routed-experts module runs :func:`_forward` (its own forward is restored on exit,
+    or earlier through ``keep_only``: after planning, only scored experts that agreed with their class's
+    forward keep it). A module with an instance-level forward of its own (a user's patch, accelerate's
+    device hooks) is left alone."""
+    routed = ForwardOverrides()
     try:
         for module in model.modules():
-            if is_routed_experts(module):
-                _STATES[id(module)] = ExpertsState()
-                ids.append(id(module))
-                restores.append(override_forward(module, _forward))
-        yield
+            if is_routed_experts(module) and "forward" not in module.__dict__:
+                state = ExpertsState()
+                _STATES.setdefault(module, []).append(state)
+                routed.add(module, functools.partial(_forward, state=state), functools.partial(_pop, module, state))
+        yield routed
     finally:
-        for restore in reversed(restores):
-            restore()
-        for i in ids:
-            _STATES.pop(i, None)
+        routed.restore_all()
+
+
+def _pop(module: nn.Module, state: ExpertsState) -> None:
+    stack = _STATES.get(module, [])
+    if stack and stack[-1] is state:
+        stack.pop()
+    if not stack:
+        _STATES.pop(module, None)

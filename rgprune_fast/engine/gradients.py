@@ -21,6 +21,7 @@ from typing import Any, Union
 import torch
 
 from ..backends.contract import stat_dtype
+from .batching import padding_mask, scored_output
 
 EPS = 1e-12
 IGNORE_INDEX = -100
@@ -154,3 +155,20 @@ class OutputGradient:
                 part = random_gradient(rows[chunk], self.generator)
             g[chunk] = normalize_rows(part) if self.normalize else part
         return g.view(output.shape)
+
+
+def output_and_gradient(raw_output: Any, batch, output_gradient: OutputGradient) -> tuple[torch.Tensor, torch.Tensor]:
+    """The scored output of a model call and its gradient ``g`` (every scorer's one way): the logits, or an
+    encoder's first output with ``g`` zero at padding positions (``attention_mask``); ``"label"`` needs
+    logits."""
+    output, is_logits = scored_output(raw_output)
+    if not is_logits and output_gradient.gradient == "label":
+        raise ValueError(
+            "gradient='label' needs logits, but the model output has none (an encoder's last_hidden_state is "
+            "scored); use gradient='random' or a callable"
+        )
+    g = output_gradient(output, batch.targets, batch.raw)
+    mask = None if is_logits else padding_mask(batch, output)
+    if mask is not None:  # hidden states at padding positions are not part of the output
+        g = g * mask.to(g.dtype).view(*mask.shape, *[1] * (g.dim() - 2))
+    return output, g

@@ -19,7 +19,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from .model_state import override_forward
+from .model_state import ForwardOverrides
 
 # (module, class name) -> the child it applies functionally
 _FUNCTIONAL_PROJECTIONS = {
@@ -37,7 +37,9 @@ def functional_projection(module: nn.Module) -> str | None:
         return None
     if getattr(sys.modules[cls.__module__], cls.__name__, None) is not cls or "forward" not in cls.__dict__:
         return None  # a subclass or a look-alike: its forward is not the one this handler knows
-    return child if isinstance(getattr(module, child, None), nn.Linear) else None
+    linear = getattr(module, child, None)
+    # the child is called as a module: only a plain Linear computes what F.linear on its weights does
+    return child if isinstance(linear, nn.Linear) and type(linear).forward is nn.Linear.forward else None
 
 
 class _IdentityProjection(nn.Module):
@@ -66,15 +68,16 @@ def _calling_forward(child: str, original):
 
 
 @contextmanager
-def calling_projections(model: nn.Module) -> Iterator[None]:
-    """Within: every handled module calls its projection as a module (its heads can be tapped)."""
-    restores = []
+def calling_projections(model: nn.Module) -> Iterator[ForwardOverrides]:
+    """Within: every handled module calls its projection as a module (its heads can be tapped; forward
+    hooks on the projection now fire), until ``keep_only`` (after planning: only modules whose heads are
+    scored keep it). A module with an instance-level forward of its own is left alone."""
+    handled = ForwardOverrides()
     try:
         for module in model.modules():
             child = functional_projection(module)
-            if child is not None:
-                restores.append(override_forward(module, _calling_forward(child, type(module).forward)))
-        yield
+            if child is not None and "forward" not in module.__dict__:
+                handled.add(module, _calling_forward(child, type(module).forward))
+        yield handled
     finally:
-        for restore in reversed(restores):
-            restore()
+        handled.restore_all()

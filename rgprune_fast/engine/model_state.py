@@ -12,46 +12,52 @@ import torch
 from torch import nn
 
 _MISSING = object()
+_SCALARS = (int, float, bool, str, type(None))
 
 
-def _cache_attributes(module: nn.Module) -> dict[str, Any]:
-    """A module's public plain attributes a forward may fill (tensors, dicts, lists), as they are now."""
+def _cache_attributes(module: nn.Module) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A module's public plain attributes a forward may fill or change (tensors, dicts, lists, scalars:
+    caches, cached lengths), and its buffers, as they are now."""
     saved = {}
     for key, value in module.__dict__.items():
         if key.startswith("_"):
             continue
-        if isinstance(value, torch.Tensor) and not isinstance(value, nn.Parameter):
-            saved[key] = value
-        elif isinstance(value, dict):
-            saved[key] = (value, dict(value))
+        if isinstance(value, dict):
+            saved[key] = ("dict", value, dict(value))
         elif isinstance(value, list):
-            saved[key] = (value, list(value))
-    return saved
+            saved[key] = ("list", value, list(value))
+        else:
+            saved[key] = ("value", value, None)
+    return saved, dict(module._buffers)
 
 
-def _restore_cache_attributes(module: nn.Module, saved: dict[str, Any]) -> None:
-    for key, was in saved.items():
-        if isinstance(was, torch.Tensor):
-            if module.__dict__.get(key) is not was:
-                module.__dict__[key] = was
-            continue
-        container, content = was
-        if module.__dict__.get(key) is not container:
-            module.__dict__[key] = container
-        if isinstance(container, dict):
-            now = container.items()
-            if len(container) != len(content) or any(content.get(k, _MISSING) is not v for k, v in now):
-                container.clear()  # e.g. timm LeViT's attention_bias_cache, filled in eval mode
-                container.update(content)
-        elif len(container) != len(content) or any(a is not b for a, b in zip(container, content)):
-            container[:] = content
+def _restore_cache_attributes(module: nn.Module, saved: tuple[dict[str, Any], dict[str, Any]]) -> None:
+    attributes, buffers = saved
+    for key in [k for k in module.__dict__ if not k.startswith("_") and k not in attributes]:
+        del module.__dict__[key]  # created during the call (a cache holding the call's tensors)
+    for key, (kind, value, content) in attributes.items():
+        if module.__dict__.get(key, _MISSING) is not value:
+            module.__dict__[key] = value
+        if kind == "dict":
+            now = value.items()
+            if len(value) != len(content) or any(content.get(k, _MISSING) is not v for k, v in now):
+                value.clear()  # e.g. timm LeViT's attention_bias_cache, filled in eval mode
+                value.update(content)
+        elif kind == "list" and (len(value) != len(content) or any(a is not b for a, b in zip(value, content))):
+            value[:] = content
+    if any(module._buffers.get(k, _MISSING) is not v for k, v in buffers.items()) or len(module._buffers) != len(
+        buffers
+    ):
+        module._buffers.clear()  # e.g. a rotary embedding's non-persistent inv_freq, recomputed in forward
+        module._buffers.update(buffers)
 
 
 @contextmanager
 def preserved(model: nn.Module) -> Iterator[None]:
-    """Restore every module's ``training`` flag, every parameter's ``requires_grad`` and ``.grad``, and
-    the public tensor / dict / list attributes of every module (caches its forward fills in eval mode
-    would otherwise keep tensors of the scoring call's graph) on exit, also when the body raises."""
+    """Restore every module's ``training`` flag, every parameter's ``requires_grad`` and ``.grad``, its
+    buffers and its public attributes (values, and the contents of dicts and lists; attributes created
+    during the call are removed: caches a forward fills in eval mode would otherwise keep tensors of the
+    scoring call's graph) on exit, also when the body raises."""
     training = [(m, m.training) for m in model.modules()]
     caches = [(m, _cache_attributes(m)) for m in model.modules()]
     params = list(model.parameters())
@@ -106,6 +112,35 @@ def override_forward(module: nn.Module, forward: Callable) -> Callable[[], None]
             module.__dict__.pop("forward", None)
 
     return restore
+
+
+class ForwardOverrides:
+    """Instance forwards installed for one scoring call: each undone on :meth:`keep_only` (those not
+    kept) or :meth:`restore_all`, exactly once, with its ``on_restore``."""
+
+    def __init__(self):
+        self._restores: dict[nn.Module, Callable[[], None]] = {}
+
+    def add(self, module: nn.Module, forward: Callable, on_restore: Callable[[], None] | None = None) -> None:
+        restore = override_forward(module, forward)
+
+        def undo():
+            restore()
+            if on_restore is not None:
+                on_restore()
+
+        self._restores[module] = undo
+
+    def keep_only(self, modules: Iterable[nn.Module]) -> None:
+        """Give every module not in ``modules`` its own forward back now."""
+        keep = {id(m) for m in modules}
+        for module in [m for m in self._restores if id(m) not in keep]:
+            self._restores.pop(module)()
+
+    def restore_all(self) -> None:
+        for undo in reversed(list(self._restores.values())):
+            undo()
+        self._restores.clear()
 
 
 def unwrap(model: nn.Module) -> nn.Module:

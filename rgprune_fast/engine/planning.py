@@ -178,8 +178,8 @@ def _fold_message(unit: Unit, what: str, t, examples: int) -> str:
     return (
         f"the {what} of module {unit.name!r} has shape {tuple(t.shape)} for a batch of {examples}: dim 0 holds "
         "rows of several examples, but not as a reshape of [N, k, ...] (running each example alone did not give "
-        "consecutive blocks of rows), e.g. [T, N, C] or rows routed to experts; its rows cannot be assigned to "
-        "examples. Score a module whose tensors keep the examples in dim 0, or leave it out of modules="
+        "consecutive blocks of rows, or could not run), e.g. [T, N, C] or rows routed to experts; its rows cannot "
+        "be assigned to examples. Score a module whose tensors keep the examples in dim 0, or leave it out of modules="
     )
 
 
@@ -263,9 +263,7 @@ def _molchanov_weights(unit: Unit, module: nn.Module, probe: ProbeResult, model:
 
 
 def _reachable(unit: Unit, calls, probe: ProbeResult) -> bool:
-    if unit.side == "experts":
-        return True  # routed: the probe's graph shows no edge for the experts' neurons
-    tensors = [c.out if unit.side == "output" else c.inp for c in calls]
+    tensors = [c.out if unit.side in ("output", "experts") else c.inp for c in calls]  # experts: their output
     return any(edge_key(edge_of(t)) in probe.consumers for t in tensors if t is not None and t.grad_fn is not None)
 
 

@@ -11,7 +11,7 @@ graph it answers: was the module called; does its output go straight into a Batc
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -63,6 +63,7 @@ class Call:
     out_version: int = 0
     inplace: bool = False  # an in-place fused activation module, run out of place by the probe
     grad_enabled: bool = True  # False: the call ran under no_grad (e.g. reentrant checkpointing)
+    snapshots: dict = field(default_factory=dict)  # side -> a copy at call time of a folded [N * k, ...] tensor
 
 
 class ProbeResult:
@@ -110,6 +111,19 @@ class ProbeResult:
             if edge_key(c.out_edge) in self._output_edges:
                 return True
         return False
+
+    def reads_after(self, modules) -> list[nn.Module]:
+        """Of ``modules``, those whose input has another differentiable reader besides them (their own
+        output may even be unused: ``act(y); return conv(y)``)."""
+        wanted, found = {id(m) for m in modules}, {}
+        for module_calls in self.calls.values():
+            for c in module_calls:
+                if id(c.module) not in wanted or c.inp_key is None:
+                    continue
+                own = c.out_edge[0] if c.out_edge is not None else None  # the module's own node
+                if any(node is not own for node in self.consumers.get(c.inp_key, [])):
+                    found[id(c.module)] = c.module
+        return list(found.values())
 
     def _pristine_sources(self, call: Call) -> list[Call]:
         """The calls whose unmodified output is ``call``'s first input."""
@@ -202,6 +216,7 @@ def run_probe(model: nn.Module, batch: Batch) -> ProbeResult:
     calls: dict[str, list[Call]] = defaultdict(list)
     open_calls: dict[int, list[Call]] = defaultdict(list)
     handles = []
+    examples = batch.examples
 
     def pre_hook(name):
         def hook(module, args):
@@ -209,6 +224,8 @@ def run_probe(model: nn.Module, batch: Batch) -> ProbeResult:
             call = Call(name, module, inp, edge_key(edge_of(inp)), inp._version if inp is not None else 0)
             call.inplace = module in fused_inplace
             call.grad_enabled = torch.is_grad_enabled()
+            if examples and is_folded(inp, examples):
+                call.snapshots["input"] = inp.detach().clone()
             open_calls[id(module)].append(call)
 
         return hook
@@ -217,6 +234,8 @@ def run_probe(model: nn.Module, batch: Batch) -> ProbeResult:
         call = open_calls[id(module)].pop()
         if isinstance(out, torch.Tensor):
             call.out, call.out_edge, call.out_version = out, edge_of(out), out._version
+            if examples and is_folded(out, examples):
+                call.snapshots["output"] = out.detach().clone()
         calls[call.name].append(call)
 
     overrides, fused_inplace = [], set()
@@ -249,48 +268,71 @@ FOLD_TOLERANCE = 1e-3  # relative; batch-size-dependent kernels round differentl
 def _verify_folds(model: nn.Module, batch: Batch, probe: ProbeResult) -> dict[tuple[str, int, str], bool]:
     """For every module tensor with the batch folded into dim 0 (``[N * k, ...]``): whether rows
     ``[e * k, (e + 1) * k)`` are example ``e``'s, checked by running each probe example alone and
-    comparing. A fold that is a reshape of ``[N, k, ...]`` passes; one that interleaves examples
-    (``[k, N, ...]``) or routes rows (Mixture-of-Experts) does not."""
+    comparing with the tensor as it was at the call. A fold that is a reshape of ``[N, k, ...]`` passes;
+    one that interleaves examples (``[k, N, ...]``) or routes rows (Mixture-of-Experts) does not, nor
+    does anything when a one-example forward fails."""
     examples = probe.examples
     wanted = {}
     for name, module_calls in probe.calls.items():
         for i, c in enumerate(module_calls):
             for side, t in (("output", c.out), ("input", c.inp)):
                 if is_folded(t, examples):
-                    wanted[(name, i, side)] = t.detach()
+                    wanted[(name, i, side)] = c.snapshots.get(side)
     if not wanted:
         return {}
-    verdict = dict.fromkeys(wanted, examples >= 2)  # one example: nothing to tell rows apart by
+    verdict = {key: examples >= 2 and full is not None for key, full in wanted.items()}
     names = {name for name, _, _ in wanted}
     for e in range(examples if examples >= 2 else 0):
-        seen: dict[str, int] = defaultdict(int)
-        captured: dict[tuple[str, int, str], torch.Tensor] = {}
-
-        def capture(name, seen=seen, captured=captured):
-            def hook(module, args, out):
-                i = seen[name]
-                seen[name] += 1
-                for side, t in (("output", out), ("input", _first_tensor(args))):
-                    if (name, i, side) in wanted and isinstance(t, torch.Tensor):
-                        captured[(name, i, side)] = t.detach().clone()
-
-            return hook
-
-        handles = [m.register_forward_hook(capture(n)) for n, m in model.named_modules() if n in names]
-        try:
-            with torch.no_grad():
-                batch.example(e).call(model)
-        finally:
-            for h in handles:
-                h.remove()
+        captured = _run_alone(model, batch.example(e), names, wanted)
+        if captured is None:
+            return dict.fromkeys(wanted, False)
         for key, full in wanted.items():
+            if full is None:
+                continue
             rows = full.shape[0] // examples
-            got = captured.get(key)
-            part = full[e * rows : (e + 1) * rows]
+            got, part = captured.get(key), full[e * rows : (e + 1) * rows]
             if got is None or got.shape != part.shape:
                 verdict[key] = False
                 continue
+            tolerance = max(FOLD_TOLERANCE, 8 * torch.finfo(part.dtype).eps)
             scale = part.abs().max().item() if part.numel() else 0.0
-            if not torch.allclose(got.to(part.dtype), part, rtol=FOLD_TOLERANCE, atol=FOLD_TOLERANCE * scale):
+            if not torch.allclose(got.to(part.dtype), part, rtol=tolerance, atol=tolerance * scale):
                 verdict[key] = False
     return verdict
+
+
+def _run_alone(model: nn.Module, batch: Batch, names: set[str], wanted) -> dict | None:
+    """The ``wanted`` tensors of a no-grad forward of ``batch`` (inputs at the call, outputs as returned),
+    or ``None`` when that forward fails."""
+    seen: dict[str, int] = defaultdict(int)
+    captured: dict[tuple[str, int, str], torch.Tensor] = {}
+
+    def pre(name):
+        def hook(module, args):
+            t = _first_tensor(args)
+            if (name, seen[name], "input") in wanted and t is not None:
+                captured[(name, seen[name], "input")] = t.detach().clone()
+
+        return hook
+
+    def post(name):
+        def hook(module, args, out):
+            if (name, seen[name], "output") in wanted and isinstance(out, torch.Tensor):
+                captured[(name, seen[name], "output")] = out.detach().clone()
+            seen[name] += 1
+
+        return hook
+
+    handles = []
+    for n, m in model.named_modules():
+        if n in names:
+            handles += [m.register_forward_pre_hook(pre(n)), m.register_forward_hook(post(n))]
+    try:
+        with torch.no_grad():
+            batch.call(model)
+    except Exception:  # noqa: BLE001 - e.g. a model that squeezes dim 0 of a one-example batch
+        return None
+    finally:
+        for h in handles:
+            h.remove()
+    return captured

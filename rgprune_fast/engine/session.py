@@ -71,10 +71,20 @@ def session(
     Mixture-of-Experts experts run a forward that exposes each expert's neurons (engine/experts.py)."""
     batches = BatchStream(data, max_batches, target.device, cycle=cycle)
     model = target.model
-    with preserved(model), out_of_place(model), calling_projections(model), routing(model):
+    with (
+        preserved(model),
+        out_of_place(model) as flipped,
+        calling_projections(model) as projections,
+        routing(model) as routed,
+    ):
         model.eval()
         activate_checkpointing(model)
         probe = run_probe(model, head(batches.first, PROBE_EXAMPLES))
+        if flipped.keep_in_place(probe.reads_after(flipped.modules)):  # run out of place, another read it
+            probe = run_probe(model, head(batches.first, PROBE_EXAMPLES))
         plans = plan_taps(model, probe, target.units, molchanov)
         del probe  # its graph holds the probe's activations
+        # only what the scored units need keeps running differently from the model's own forwards
+        routed.keep_only(p.module for p in plans if p.kind == "experts")
+        projections.keep_only(model.get_submodule(p.name.rpartition(".")[0]) for p in plans if p.unit.side == "input")
         yield Session(plans, batches)

@@ -44,7 +44,7 @@ import torch
 from torch import nn
 
 from ..engine import experts
-from ..engine.batching import Batch, logits_of, replicate
+from ..engine.batching import Batch, replicate, scored_output
 from ..engine.gradients import IGNORE_INDEX, shift_targets
 from ..engine.model_state import requires_grad
 from ..engine.planning import TapPlan
@@ -129,7 +129,12 @@ def centred_ranks(scores: torch.Tensor) -> torch.Tensor:
 
 
 def _broadcast(mask: torch.Tensor, t: torch.Tensor, channel_dim: int) -> torch.Tensor:
-    """``mask`` ``[B, C]`` shaped to multiply ``t`` ``[B, ...]`` along its channel dim."""
+    """``mask`` ``[B, C]`` shaped to multiply ``t`` ``[B, ...]`` along its channel dim (a batch folded into
+    dim 0, ``[B * k, ...]``, as the structure probe verified: each example's mask on its ``k`` rows)."""
+    if t.shape[0] != mask.shape[0]:
+        if t.shape[0] % mask.shape[0]:
+            raise RuntimeError(f"{t.shape[0]} rows for {mask.shape[0]} examples: the batch does not fold as probed")
+        mask = mask.repeat_interleave(t.shape[0] // mask.shape[0], dim=0)
     dim = channel_dim if channel_dim >= 0 else t.dim() + channel_dim
     shape = [t.shape[0]] + [1] * (t.dim() - 1)
     shape[dim] = t.shape[dim]
@@ -157,6 +162,8 @@ def sample_masks(plans: Sequence[TapPlan], masks: dict[str, torch.Tensor]):
     def experts_mask(plan):
         def intercept(expert, h, token_rows, rows):
             mask = masks[plan.key]
+            if rows < mask.shape[0] or rows % mask.shape[0]:
+                raise RuntimeError(f"{plan.key!r}: {rows} token rows for {mask.shape[0]} examples")
             width = h.shape[1]
             block = mask[:, expert * width : (expert + 1) * width]
             return h * block[token_rows // (rows // mask.shape[0])].to(h.dtype)
@@ -227,7 +234,7 @@ def learn_keep_probabilities(
             if gradient == "label":
                 reference = _targets(batch, shift).to(device)
             else:
-                reference = logits_of(batch.call(model)).argmax(-1)
+                reference = _logits(batch.call(model)).argmax(-1)
             n = reference.shape[0]
             theta = {key: torch.sigmoid(v) for key, v in phi.items()}
             drawn = {key: torch.bernoulli(t.expand(k, -1), generator=generator) for key, t in theta.items()}
@@ -236,7 +243,7 @@ def learn_keep_probabilities(
                 for p in plans
             }
             with sample_masks(plans, per_sample):
-                logits = logits_of(replicate(batch, k, n).call(model))
+                logits = _logits(replicate(batch, k, n).call(model))
             utility = centred_ranks(sample_scores(logits, reference, k))
             mean_theta = torch.cat(list(theta.values())).mean()
             for key in phi:
@@ -245,6 +252,16 @@ def learn_keep_probabilities(
             if on_step is not None:
                 on_step(step, _keep_probabilities(phi))
     return _keep_probabilities(phi)
+
+
+def _logits(output) -> torch.Tensor:
+    found, is_logits = scored_output(output)
+    if not is_logits:
+        raise ValueError(
+            "mc_gradient compares predictions, but the model output has no logits (an encoder's "
+            "last_hidden_state); score it with rgprune_fast.score, or give it a head"
+        )
+    return found
 
 
 def _keep_probabilities(phi: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -21,8 +21,7 @@ from torch import nn
 from ..backends.contract import stat_dtype
 from ..backends.torch_ref import TorchBackend
 from ..criteria import DEFAULT_METHOD, UnitStatistics, finish, parse_methods
-from ..engine.batching import logits_of
-from ..engine.gradients import OutputGradient, check_gradient
+from ..engine.gradients import OutputGradient, check_gradient, output_and_gradient
 from ..engine.progress import progress_bar
 from ..engine.session import prepare, session
 from ..errors import UnsupportedModuleError
@@ -62,8 +61,8 @@ def score(
         handles = [_install(plan, rows[plan.key]) for plan in run.plans]
         try:
             for batch in progress_bar(run.batches, run.batches.total, progress, "naive"):
-                output = logits_of(batch.call(target.model))
-                output.backward(output_gradient(output, batch.targets, batch.raw))
+                output, g = output_and_gradient(batch.call(target.model), batch, output_gradient)
+                output.backward(g)
                 grads = {p: p.grad for p in params}
                 for plan, unit_stats in zip(run.plans, stats):
                     s = sum(rows[plan.key]) if rows[plan.key] else None

@@ -11,8 +11,8 @@ from torch import nn
 from ..backends import select_backend
 from ..backends.contract import stat_dtype
 from ..criteria import DEFAULT_METHOD, parse_methods
-from ..engine.batching import Batch, padding_mask, scored_output
-from ..engine.gradients import GradientSpec, OutputGradient, check_gradient
+from ..engine.batching import Batch
+from ..engine.gradients import GradientSpec, OutputGradient, check_gradient, output_and_gradient
 from ..engine.model_state import requires_grad
 from ..engine.progress import progress_bar
 from ..engine.session import prepare, session
@@ -85,17 +85,9 @@ def score(
 def _score_batch(model: nn.Module, batch: Batch, taps: TapSet, output_gradient: OutputGradient) -> None:
     taps.begin_batch(batch.examples or 0)
     with torch.enable_grad():
-        output, is_logits = scored_output(batch.call(model))
+        output, g = output_and_gradient(batch.call(model), batch, output_gradient)
         taps.check_forward(batch.index)
-        if not is_logits and output_gradient.gradient == "label":
-            raise ValueError(
-                "gradient='label' needs logits, but the model output has none (an encoder's last_hidden_state is "
-                "scored); use gradient='random' or a callable"
-            )
-        g = output_gradient(output, batch.targets, batch.raw)
-        mask = None if is_logits else padding_mask(batch, output)
-        if mask is not None:  # hidden states at padding positions are not part of the output
-            g = g * mask.to(g.dtype).view(*mask.shape, *[1] * (g.dim() - 2))
+        taps.check_examples(batch.index, batch.examples, output.shape[0])
         if not output.requires_grad:
             raise RuntimeError(f"batch {batch.index}: the model output does not depend on any scored module")
         inputs = taps.anchors + taps.weight_params

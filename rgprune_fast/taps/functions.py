@@ -52,7 +52,7 @@ class BatchNormTap(torch.autograd.Function):
 
 class ReluTap(torch.autograd.Function):
     """A fused activation (ReLU, ReLU6, LeakyReLU; in place or not) whose backward also yields ``s`` from
-    the saved output ``r`` (``x * dx == r * dr`` for all three: engine/activations.py)."""
+    the saved output ``r`` (``x * dx`` is ``r * dr``, for ReLU6 where ``0 < r < 6``: engine/activations.py)."""
 
     @staticmethod
     def forward(ctx, x, anchor, form, inplace, tap):
@@ -111,8 +111,6 @@ class ExpertTap(torch.autograd.Function):
         h, example_of_row = ctx.saved_tensors
         tap = ctx.tap
         per_row = tap.backend.channel_stats(h, dh, 1)  # [tokens, I]
-        width = per_row.shape[1]
-        s = per_row.new_zeros(tap.examples, tap.plan.channels)
-        s[:, ctx.expert * width : (ctx.expert + 1) * width].index_add_(0, example_of_row, per_row)
-        tap.add(s)
+        block = per_row.new_zeros(tap.examples, per_row.shape[1]).index_add_(0, example_of_row, per_row)
+        tap.add_block(ctx.expert * per_row.shape[1], block)
         return dh, None, None, None, None

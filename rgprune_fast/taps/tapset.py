@@ -66,6 +66,14 @@ class Tap:
         self.batch_s = s if self.batch_s is None else self.batch_s + s
         self.backward_calls += 1
 
+    def add_block(self, start: int, block: torch.Tensor) -> None:
+        """Called from backward: ``s[:, start : start + width]`` of one expert's call (the rest of the
+        experts' channels untouched)."""
+        if self.batch_s is None:
+            self.batch_s = block.new_zeros(self.examples, self.plan.channels)
+        self.batch_s[:, start : start + block.shape[1]] += block
+        self.backward_calls += 1
+
     def end_batch(self, batch: int, examples: int, dtype: torch.dtype, weight_grads: dict) -> None:
         s = self.batch_s
         applied, received = self.forward_calls, self.backward_calls
@@ -160,6 +168,18 @@ class TapSet:
                 "saw it go through; the model's control flow differs from the probe's (first batch), so the "
                 "statistics would not be exact"
             )
+
+    def check_examples(self, batch: int, inputs: int | None, outputs: int) -> None:
+        """After a batch's forward: the output's example count is what folded statistics are summed by;
+        taps that assigned rows to examples in forward (experts) used the inputs' count, which must agree."""
+        routed = any(t.plan.kind == "experts" for t in self.taps)
+        if routed and inputs != outputs:
+            raise ValueError(
+                f"batch {batch}: the inputs hold {inputs} examples (dim 0 of the first input tensor), the model "
+                f"output {outputs}; Mixture-of-Experts neurons need dim 0 to be the example in both"
+            )
+        for tap in self.taps:
+            tap.examples = outputs
 
     def end_batch(self, batch: int, examples: int, dtype: torch.dtype, grads: Sequence) -> None:
         """After a batch's backward: ``grads`` are the gradients of :attr:`weight_params`."""
