@@ -351,3 +351,16 @@ def test_a_fold_that_cannot_run_one_example_alone_is_refused_not_raised():
 
     with pytest.raises(rg.UnsupportedModuleError, match="'fc1'.*cannot be assigned to examples"):
         rg.score(NeedsTwo().eval(), torch.randn(2, 5, 4))
+
+
+@pytest.mark.parametrize("name", ["mixtral-moe", "opt"])
+def test_bfloat16_experts_and_folds_are_not_refused(name):
+    """bf16 kernels round by ~4e-3: the experts' agreement check and the fold check scale with the dtype."""
+    pytest.importorskip("transformers")
+    import zoo
+
+    case = next(c for c in zoo.HF if c.name == name)
+    model = case.build().to(torch.bfloat16)
+    scores = score_all(model, case.inputs(torch.Generator().manual_seed(0)))
+    assert len(scores) == 4
+    assert any(key.endswith(":experts") or key.endswith("fc2:input") for key in scores)
