@@ -43,9 +43,19 @@ def test_masks_by_count_and_ratio():
     keep = masks(SCORES, n=3)
     assert keep["a"].tolist() == [True, False, True]
     assert keep["b"].tolist() == [False, False, True, True]
-    assert prune_count(7, 0.5) == 4  # 7 - int(7 * 0.5): Torch-Pruning's rounding
+    assert prune_count(7, 0.5) == 4  # ceil(0.5 * 7): keeps floor(0.5 * 7), Torch-Pruning's rounding
     assert sum(int((~m).sum()) for m in masks(SCORES, ratio=0.5).values()) == 4
     assert all(m.all() for m in masks(SCORES, n=0).values())
+
+
+def test_ratio_counts_exactly():
+    """``1 - ratio`` in floating point made 0.8 of 5 prune 5 and 0.9 of 10 prune 10 (105 such pairs)."""
+    assert prune_count(5, 0.8) == 4 and prune_count(10, 0.9) == 9
+    for total in range(1, 200):
+        for k in range(101):
+            assert prune_count(total, k / 100) == -(-total * k // 100), (total, k)
+    scores = {"a": torch.arange(5.0), "b": torch.arange(10.0)}
+    assert sum(int((~m).sum()) for m in masks(scores, ratio=0.8, allow_empty=True).values()) == 12
 
 
 def test_masks_never_empty_a_layer_unless_asked():
@@ -142,6 +152,26 @@ def test_bake_masks_conv_and_linear_and_errors():
     with pytest.raises(ValueError, match=r"masks\['0'\] has 3 entries but the module outputs 4"):
         model(x)
     short.remove()
+
+
+def test_bake_masks_is_all_or_nothing():
+    """A bad second entry used to raise after the first module's weights were zeroed."""
+    model = nn.Sequential(nn.Conv2d(2, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 4 * 4, 3), nn.GELU())
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    bad_seconds = [
+        ({"3": torch.tensor([True, False])}, ValueError),  # wrong length
+        ({"4": torch.tensor([True])}, rg.UnsupportedModuleError),  # a GELU has no weights
+        ({"nope": torch.tensor([True])}, ValueError),  # not in the model
+        ({"3": torch.tensor([1, 0, 1])}, ValueError),  # not bool
+    ]
+    for second, error in bad_seconds:
+        with pytest.raises(error):
+            bake_masks(model, {"0": torch.tensor([True, False, True, False]), **second})
+        for k, v in model.state_dict().items():
+            assert torch.equal(v, before[k]), (second, k)
+    with pytest.raises(ValueError):
+        apply_masks(model, {"0": torch.tensor([True, False, True, False]), "nope": torch.tensor([True])})
+    assert all(not m._forward_hooks for m in model.modules())
 
 
 def test_scores_fit_check_names_the_module():

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from ..errors import EmptyDataError
+from .interrupts import interruptible
 
 
 @dataclass
@@ -24,7 +25,8 @@ class Batch:
     index: int = 0  # its position in the data (for messages)
 
     def call(self, model: torch.nn.Module) -> Any:
-        return model(*self.args, **self.kwargs)
+        """The model's forward on this batch (Ctrl-C stops it at once: engine/interrupts.py)."""
+        return interruptible(model, *self.args, **self.kwargs)
 
     @property
     def examples(self) -> int | None:
@@ -39,9 +41,11 @@ class Batch:
 
 
 def to_device(obj: Any, device: torch.device) -> Any:
-    """Move every tensor inside (nested tuples, lists, dicts) to ``device``."""
+    """Move every tensor inside (nested tuples, lists, dicts) to ``device`` (a tensor created under
+    ``torch.inference_mode()`` is copied into an ordinary one)."""
     if isinstance(obj, torch.Tensor):
-        return obj.to(device, non_blocking=True)
+        t = obj.to(device, non_blocking=True)
+        return t.clone() if t.is_inference() else t  # made under inference_mode: autograd cannot record it
     if isinstance(obj, Mapping):
         return {k: to_device(v, device) for k, v in obj.items()}
     if isinstance(obj, (tuple, list)):
@@ -66,9 +70,10 @@ def as_batch(raw: Any, index: int = 0) -> Batch:
         if isinstance(inputs, Mapping):
             return Batch(raw, (), dict(inputs), targets, index)
         return Batch(raw, (inputs,), {}, targets, index)
+    what = "None" if raw is None else f"a {type(raw).__name__}"
     raise TypeError(
-        f"batch {index} is a {type(raw).__name__}; a batch must be a tensor, a tuple/list "
-        "(inputs, targets, ...) or a dict of model keyword arguments"
+        f"batch {index} is {what}; a batch must be a tensor, a tuple/list (inputs, targets, ...) or a dict of "
+        "model keyword arguments"
     )
 
 
@@ -139,27 +144,35 @@ def _length(data: Any, max_batches: int | None) -> int | None:
 
 
 NO_BATCH = "data yielded no batch; scoring needs at least one batch"
+_END = object()  # end of the data (None is a batch, and an error)
 
 
 class BatchStream:
     """The one way every scorer walks ``data``: each raw batch moved to ``device`` and split into a
-    :class:`Batch`, numbered from 0.
+    :class:`Batch`, numbered from 0 by its position in the data.
 
-    The first batch is read at construction (:attr:`first`, for the structure probe; no batch:
-    :class:`EmptyDataError`). With ``cycle=True`` the data are walked again and again: re-iterated
-    each pass when ``data`` can be (a list, a DataLoader), cached (as given, on their own device) on
-    the first pass when ``data`` is a one-pass iterator.
+    The first batch is read at construction (:attr:`first`, for the structure probe; no batch, or a first
+    batch of 0 examples: :class:`EmptyDataError`). Later batches of 0 examples are skipped: they add
+    nothing to any sum and do not count as batches (``max_batches`` counts the data's batches). With
+    ``cycle=True`` the data are walked again and again: re-iterated each pass when ``data`` can be (a
+    list, a DataLoader), cached (as given, on their own device) on the first pass when ``data`` is a
+    one-pass iterator. Reading the user's iterator is an :func:`interruptible` window (a slow DataLoader).
     """
 
     def __init__(self, data: Any, max_batches: int | None, device: torch.device, *, cycle: bool = False):
         self._data, self._max_batches, self._device, self._cycle = data, max_batches, device, cycle
         self._rest = _raw_batches(data, max_batches)
         self._cache = [] if cycle and isinstance(data, Iterator) else None
-        raw = next(self._rest, None)
-        if raw is None:
+        raw = interruptible(next, self._rest, _END)
+        if raw is _END:
             raise EmptyDataError(NO_BATCH)
         self._remember(raw)
         self.first = self._batch(raw, 0)
+        if self.first.examples == 0:
+            raise EmptyDataError(
+                "batch 0 holds 0 examples (dim 0 of its first input tensor); the first batch must hold at least "
+                "one example (the structure probe runs on it)"
+            )
         self.total = None if cycle else _length(data, max_batches)  # batches, when known
 
     def _remember(self, raw: Any) -> None:
@@ -169,18 +182,30 @@ class BatchStream:
     def _batch(self, raw: Any, index: int) -> Batch:
         return as_batch(to_device(raw, self._device), index)
 
+    def _walk(self, source: Iterator[Any], first_index: int, remember: bool) -> Iterator[Batch]:
+        """The non-empty batches of ``source``."""
+        index = first_index
+        while True:
+            raw = interruptible(next, source, _END)
+            if raw is _END:
+                return
+            if remember:
+                self._remember(raw)
+            batch = self._batch(raw, index)
+            index += 1
+            if batch.examples != 0:
+                yield batch
+
     def __iter__(self) -> Iterator[Batch]:
         yield self.first
-        for index, raw in enumerate(self._rest, 1):
-            self._remember(raw)
-            yield self._batch(raw, index)
+        yield from self._walk(self._rest, 1, remember=True)
         while self._cycle:
             source = iter(self._cache) if self._cache is not None else _raw_batches(self._data, self._max_batches)
-            empty = True
-            for index, raw in enumerate(source):
-                empty = False
-                yield self._batch(raw, index)
-            if empty:
+            walked = 0
+            for batch in self._walk(source, 0, remember=False):
+                walked += 1
+                yield batch
+            if not walked:  # a re-iterated pass with no example would cycle for ever
                 raise EmptyDataError(NO_BATCH)
 
 

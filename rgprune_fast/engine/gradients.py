@@ -39,9 +39,16 @@ def check_gradient(gradient: GradientSpec) -> None:
         )
 
 
-def check_seed(seed: int) -> None:
+SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.Generator.manual_seed accepts
+
+
+def check_seed(seed: int, offset: int = 0) -> None:
+    """``seed`` (plus this rank's ``offset``) must be an int ``torch.Generator.manual_seed`` accepts."""
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+    low, high = SEED_RANGE
+    if not low <= seed + offset <= high:
+        raise ValueError(f"seed must lie in [-2**63, 2**64 - 1 - rank], got {seed}")
 
 
 def check_targets(output: torch.Tensor, targets) -> torch.Tensor:

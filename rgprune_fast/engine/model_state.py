@@ -3,7 +3,9 @@ model's own forward caches on its modules while it is scored."""
 
 from __future__ import annotations
 
+import threading
 import types
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -143,6 +145,39 @@ class ForwardOverrides:
         self._restores.clear()
 
 
+_IN_USE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # module -> the thread scoring it
+_IN_USE_LOCK = threading.Lock()
+
+
+@contextmanager
+def exclusive(model: nn.Module) -> Iterator[None]:
+    """Claim every module of ``model`` for one scoring call; another call on any of them at the same
+    time (another thread, or a call from inside this one) is refused before it touches anything: two
+    calls would install and undo their hooks and forwards over each other's."""
+    modules = list(model.modules())
+    with _IN_USE_LOCK:
+        busy = next(((m, _IN_USE[m]) for m in modules if m in _IN_USE), None)
+        if busy is not None:
+            module, thread = busy
+            where = (
+                "this thread (a call from inside another)"
+                if thread is threading.current_thread()
+                else (f"thread {thread.name!r}")
+            )
+            raise RuntimeError(
+                f"{type(module).__name__} {'(the model)' if module is model else 'of the model'} is already being "
+                f"scored in {where}; score a model in one call at a time (or score a copy: copy.deepcopy(model))"
+            )
+        for m in modules:
+            _IN_USE[m] = threading.current_thread()
+    try:
+        yield
+    finally:
+        with _IN_USE_LOCK:
+            for m in modules:
+                _IN_USE.pop(m, None)
+
+
 def unwrap(model: nn.Module) -> nn.Module:
     """The module that holds the weights: DistributedDataParallel / DataParallel wrappers and
     ``torch.compile``'s OptimizedModule are scored through the module they wrap (same weights, same
@@ -162,6 +197,16 @@ def check_materialized(model: nn.Module) -> None:
             raise ValueError(
                 f"{name!r} is on the meta device: the model has no real weights to score. Materialise it first "
                 "(e.g. model.to_empty(device=...) and load_state_dict)"
+            )
+
+
+def check_autograd_tensors(model: nn.Module) -> None:
+    """Parameters and buffers created under ``torch.inference_mode()`` cannot be used by autograd."""
+    for name, t in list(model.named_parameters()) + list(model.named_buffers()):
+        if t.is_inference():
+            raise ValueError(
+                f"{name!r} was created under torch.inference_mode(): autograd cannot use it, and scoring needs "
+                "autograd. Build or load the model outside inference_mode (or clone its tensors outside it)"
             )
 
 

@@ -44,6 +44,13 @@ def alias_key(t: torch.Tensor) -> tuple:
     return (storage, t.storage_offset(), tuple(t.shape), tuple(t.stride()), t.dtype, t.device)
 
 
+def _storage_ptr(t: torch.Tensor):
+    try:
+        return t.untyped_storage().data_ptr()
+    except (RuntimeError, NotImplementedError):  # no plain storage: identity only
+        return ("id", id(t))
+
+
 def is_folded(t: torch.Tensor | None, examples: int) -> bool:
     """Whether ``t`` may hold the batch folded into dim 0 (``[N * k, ..., C]``, k > 1)."""
     return t is not None and t.dim() >= 2 and t.shape[0] != examples and t.shape[0] % examples == 0
@@ -85,13 +92,21 @@ class ProbeResult:
                 if c.inp is not None:
                     self._taken[alias_key(c.inp)].append(c)
         self._output_edges = _edges_reaching_output(output, calls)
+        self._inplace_calls = [c for cs in calls.values() for c in cs if c.inplace and c.inp is not None]
         self.folds: dict[tuple[str, int, str], bool] = {}  # (name, call, side) -> rows map to examples
 
     def _modified_later(self, t: torch.Tensor | None, version: int) -> bool:
+        """Written in place after ``version``: by anything (its version counter moved), or by an in-place
+        activation module the probe ran out of place, on ``t`` or on a view of it (same storage)."""
         if t is None:
             return False
-        taken = self._taken.get(alias_key(t), [])
-        return t._version != version or any(c.inplace and c.inp_version >= version for c in taken)
+        if t._version != version:
+            return True
+        storage = _storage_ptr(t)
+        return any(
+            c.inplace and c.inp_version >= version and (c.inp is t or _storage_ptr(c.inp) == storage)
+            for c in self._inplace_calls
+        )
 
     def output_modified_later(self, call: Call) -> bool:
         """Whether something writes to ``call``'s output in place after the call."""

@@ -24,7 +24,15 @@ from .distributed import rank_seed
 from .experts import routing
 from .gradients import check_seed
 from .handlers import calling_projections
-from .model_state import activate_checkpointing, check_materialized, model_device, preserved, unwrap
+from .model_state import (
+    activate_checkpointing,
+    check_autograd_tensors,
+    check_materialized,
+    exclusive,
+    model_device,
+    preserved,
+    unwrap,
+)
 from .planning import TapPlan, plan_taps, resolve_units
 from .probe import PROBE_EXAMPLES, run_probe
 from .transformer_units import is_causal_lm
@@ -50,6 +58,8 @@ def prepare(model: nn.Module, *, seed: int, modules: Any) -> Target:
     if torch.is_inference_mode_enabled():
         raise RuntimeError("scoring needs autograd, but it was called inside torch.inference_mode()")
     check_seed(seed)
+    check_seed(rank_seed(seed))
+    check_autograd_tensors(model)
     units = resolve_units(model, modules)
     return Target(model, model_device(model), rank_seed(seed), units, is_causal_lm(model))
 
@@ -69,9 +79,10 @@ def session(
     activations that can run out of place at no memory cost do so until exit (engine/activations.py), and
     modules that apply a Linear through its weights call it as a module (engine/handlers.py), and
     Mixture-of-Experts experts run a forward that exposes each expert's neurons (engine/experts.py)."""
-    batches = BatchStream(data, max_batches, target.device, cycle=cycle)
     model = target.model
+    batches = BatchStream(data, max_batches, target.device, cycle=cycle)
     with (
+        exclusive(model),
         preserved(model),
         out_of_place(model) as flipped,
         calling_projections(model) as projections,

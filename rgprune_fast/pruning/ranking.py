@@ -3,7 +3,9 @@ prune the least important ones."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
+from fractions import Fraction
 
 import torch
 
@@ -66,10 +68,14 @@ def rank(scores: Scores, *, normalize: str | None = "none") -> list[tuple[str, i
 
 
 def prune_count(total: int, ratio: float) -> int:
-    """How many of ``total`` channels a pruning ``ratio`` removes (rounded as Torch-Pruning does)."""
+    """How many of ``total`` channels a pruning ``ratio`` removes: ``ceil(ratio * total)``, counted
+    exactly, with ``ratio`` taken as the decimal it prints as (``0.8`` is 4/5, not the binary float just
+    above it), so ``0.8`` of 5 prunes 4 and ``0.9`` of 10 prunes 9. The kept count ``floor((1 - ratio) *
+    total)`` is Torch-Pruning's rounding, without its floating-point error."""
     if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 <= ratio <= 1.0:
         raise ValueError(f"ratio must be a number in [0, 1], got {ratio!r}")
-    return total - int(total * (1.0 - ratio))
+    exact = Fraction(repr(float(ratio)))  # the shortest decimal that reads back as this float
+    return math.ceil(exact * total)
 
 
 def masks(

@@ -22,11 +22,13 @@ from ..backends.contract import stat_dtype
 from ..backends.torch_ref import TorchBackend
 from ..criteria import DEFAULT_METHOD, UnitStatistics, finish, parse_methods
 from ..engine.gradients import OutputGradient, check_gradient, output_and_gradient
+from ..engine.interrupts import interrupt_safe, interruptible
 from ..engine.progress import progress_bar
 from ..engine.session import prepare, session
 from ..errors import UnsupportedModuleError
 
 
+@interrupt_safe
 def score(
     model: nn.Module,
     data: Any,
@@ -58,11 +60,13 @@ def score(
         rows = {plan.key: [] for plan in run.plans}
         stats = [UnitStatistics(plan.key, plan.channels, plan.unit.channels_per_unit, plan.molchanov_weights,
                                 criteria, backend) for plan in run.plans]  # fmt: skip
-        handles = [_install(plan, rows[plan.key]) for plan in run.plans]
+        handles = []
         try:
+            for plan in run.plans:
+                handles.append(_install(plan, rows[plan.key]))
             for batch in progress_bar(run.batches, run.batches.total, progress, "naive"):
                 output, g = output_and_gradient(batch.call(target.model), batch, output_gradient)
-                output.backward(g)
+                interruptible(output.backward, g)
                 grads = {p: p.grad for p in params}
                 for plan, unit_stats in zip(run.plans, stats):
                     s = sum(rows[plan.key]) if rows[plan.key] else None

@@ -13,6 +13,7 @@ from ..backends.contract import stat_dtype
 from ..criteria import DEFAULT_METHOD, parse_methods
 from ..engine.batching import Batch
 from ..engine.gradients import GradientSpec, OutputGradient, check_gradient, output_and_gradient
+from ..engine.interrupts import interrupt_safe, interruptible
 from ..engine.model_state import requires_grad
 from ..engine.progress import progress_bar
 from ..engine.session import prepare, session
@@ -23,6 +24,7 @@ Scores = dict[str, torch.Tensor]
 ModuleSpec = Union[str, type, nn.Module, Unit]
 
 
+@interrupt_safe
 def score(
     model: nn.Module,
     data: Any,
@@ -91,5 +93,5 @@ def _score_batch(model: nn.Module, batch: Batch, taps: TapSet, output_gradient: 
         if not output.requires_grad:
             raise RuntimeError(f"batch {batch.index}: the model output does not depend on any scored module")
         inputs = taps.anchors + taps.weight_params
-        grads = torch.autograd.grad(output, inputs, g, allow_unused=True)
+        grads = interruptible(torch.autograd.grad, output, inputs, g, allow_unused=True)
     taps.end_batch(batch.index, output.shape[0], stat_dtype(output.dtype), grads[len(taps.anchors) :])
