@@ -9,6 +9,8 @@ from pathlib import Path
 
 import torch
 
+from .checks import check_device, check_writable, positive_int
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true", help="the cut-down run: under 3 minutes on a 2-core CPU")
@@ -24,7 +26,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--threads",
-        type=int,
+        type=positive_int,
         default=1,
         help="CPU threads (default: 1: the networks are small, and a fixed count keeps the numbers reproducible)",
     )
@@ -33,6 +35,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
+    # Mistakes fail here, before the (minutes of) training
+    check_writable(args.out, folder=True)
+    check_device(args.device)
     from ..demo import FULL, QUICK, run_demo
 
     config = replace(QUICK if args.quick else FULL, data=args.data)

@@ -10,6 +10,8 @@ import torch
 from ..pruning import LAYER_NORMALIZATIONS, bake_masks, check_scores_fit, masks, output_channels
 from ..pruning.counting import count_macs, count_params
 from . import scores_file
+from .atomic import write_atomically
+from .checks import check_ratio, check_writable, positive_int
 from .errors import CliError
 from .models import load_model
 
@@ -32,7 +34,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--allow-empty", action="store_true", help="allow a layer to lose every unit (masking only)")
     p.add_argument("--weights", metavar="FILE", help="state dict for a named MODEL")
-    p.add_argument("--num-classes", type=int, help="classes of a named MODEL (default: as recorded in SCORES)")
+    p.add_argument("--num-classes", type=positive_int, help="classes of a named MODEL (default: as recorded in SCORES)")
     p.add_argument("--seed", type=int, help="seed of a named MODEL's random weights (default: as recorded in SCORES)")
     p.add_argument("--out", type=Path, required=True, help="where to torch.save the pruned model")
 
@@ -53,11 +55,16 @@ def _row(label: str, before: int, after: int) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    # Mistakes fail here, before loading anything, not after the pruning
+    check_ratio(args.ratio)
+    if args.physical and args.ratio == 1:
+        raise CliError("--ratio 1 with --physical would remove every unit; give a ratio below 1")
+    check_writable(args.out)
     all_scores, meta = scores_file.load(args.scores)
     method = _pick_method(all_scores, args.method, args.scores)
     scores = all_scores[method]
     num_classes = args.num_classes or meta.get("num_classes") or 1000
-    seed = meta.get("seed", 0) if args.seed is None else args.seed
+    seed = (meta.get("seed") or 0) if args.seed is None else args.seed
     loaded = load_model(args.model, weights=args.weights, num_classes=num_classes, seed=seed)
     model = loaded.model
     shape = meta.get("input_shape")
@@ -94,7 +101,6 @@ def run(args: argparse.Namespace) -> int:
     print(f"  {'':<11} {'before':>14} {'after':>14}")
     print(_row("parameters", params, count_params(model)))
     print(_row("MACs", macs, count_macs(model, example)))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(model, args.out)
+    write_atomically([(args.out, lambda f: torch.save(model, f))])
     print(f"wrote {args.out}")
     return 0

@@ -12,6 +12,7 @@ from .. import __version__
 from ..criteria import METHODS, parse_methods
 from ..scorers.taylor import score
 from . import scores_file
+from .checks import check_data_fits, check_device, check_writable, positive_int
 from .data import load_data
 from .models import input_channels, load_model
 
@@ -48,11 +49,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-normalize", action="store_true", help="do not scale each output gradient to unit norm")
     p.add_argument("--seed", type=int, default=0, help="seed of the random gradient, random weights and random data")
     p.add_argument("--weights", metavar="FILE", help="state dict for a named MODEL (default: random weights)")
-    p.add_argument("--num-classes", type=int, default=1000, help="classes of a named MODEL (default: 1000)")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--batches", type=int, default=4, help="number of batches of random:SHAPE data (default: 4)")
-    p.add_argument("--max-batches", type=int, help="stop after this many batches")
-    p.add_argument("--image-size", type=int, help="resize images to this side (default: native; ImageFolder 224)")
+    p.add_argument("--num-classes", type=positive_int, default=1000, help="classes of a named MODEL (default: 1000)")
+    p.add_argument("--batch-size", type=positive_int, default=32)
+    p.add_argument(
+        "--batches", type=positive_int, default=4, help="number of batches of random:SHAPE data (default: 4)"
+    )
+    p.add_argument("--max-batches", type=positive_int, help="stop after this many batches")
+    p.add_argument(
+        "--image-size", type=positive_int, help="resize images to this side (default: native; ImageFolder 224)"
+    )
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu, cuda, cuda:1, ...")
     p.add_argument("--out", type=Path, default=Path("scores.pt"), help="output file; a .json twin is written too")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -60,7 +65,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     methods = list(METHODS) if args.method == ["all"] else args.method
-    parse_methods(methods)  # fail on a typo before loading anything
+    # Mistakes fail here, before loading anything, not after the scoring
+    parse_methods(methods)
+    for path in scores_file.paths(args.out):
+        check_writable(path)
+    device = check_device(args.device)
     loaded = load_model(args.model, weights=args.weights, num_classes=args.num_classes, seed=args.seed)
     data = load_data(
         args.data,
@@ -71,8 +80,9 @@ def run(args: argparse.Namespace) -> int:
         classes=min(args.num_classes, 10) if loaded.built_by_name else 10,
         seed=args.seed,
     )
+    model = loaded.model.to(device)
+    check_data_fits(model, data.example.to(device), loaded.description, args.data)
     print(f"model: {loaded.description}\ndata: {data.description}")
-    model = loaded.model.to(args.device)
     counted = _Counted(data.batches)
     started = time.perf_counter()
     every = score(
