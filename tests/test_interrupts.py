@@ -29,6 +29,15 @@ from rgprune_fast.engine import experts, interrupts, model_state
 from rgprune_fast.pruning import bake_masks, masks
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Thousands of tiny calls: one intra-op thread is several times faster (no thread wake-ups)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _deliver_sigint(frame) -> None:
     """What CPython does when SIGINT arrives while ``frame`` runs: call the installed handler."""
     handler = signal.getsignal(signal.SIGINT)
@@ -206,19 +215,25 @@ def _held_down(call, delay: float):
         signal.signal(signal.SIGINT, previous)
 
 
-def test_ctrl_c_held_down():
-    """SIGINT after SIGINT from a random moment on: the clean-up after the first still completes."""
+def _timed_resnet_call():
+    """A scoring call of two batches on :func:`small_resnet`: the model, the call, its scores, the model's
+    snapshot and the call's duration."""
     model = small_resnet()
     data = [(torch.randn(2, 3, 16, 16), torch.tensor([1, 7]))] * 2
     call = lambda: rg.score(model, data)  # noqa: E731
-    handler = signal.getsignal(signal.SIGINT)
     reference, before = call(), snapshot(model, copy_state=False)
     started = time.perf_counter()
     call()
-    duration = time.perf_counter() - started
+    return model, call, reference, before, time.perf_counter() - started
+
+
+def test_ctrl_c_held_down():
+    """SIGINT after SIGINT from a random moment on: the clean-up after the first still completes."""
+    model, call, reference, before, duration = _timed_resnet_call()
+    handler = signal.getsignal(signal.SIGINT)
     rng = random.Random(0)
     outcomes = []
-    for _ in range(15):
+    for _ in range(100):
         outcomes.append(_held_down(call, rng.uniform(0, duration)))
         assert_same(before, snapshot(model, copy_state=False))
         _globals_clean(handler)
@@ -251,14 +266,8 @@ def test_a_users_own_sigint_handler_is_called_and_restored():
 
 def test_real_sigint_at_random_moments():
     """The signal itself (``os.kill``) from a timer, at random moments of a call."""
-    model = small_resnet()
-    data = [(torch.randn(2, 3, 16, 16), torch.tensor([1, 7]))] * 2
-    call = lambda: rg.score(model, data)  # noqa: E731
+    model, call, reference, before, duration = _timed_resnet_call()
     handler = signal.getsignal(signal.SIGINT)
-    reference, before = call(), snapshot(model, copy_state=False)
-    started = time.perf_counter()
-    call()
-    duration = time.perf_counter() - started
     rng = random.Random(0)
     interrupted = 0
     for _ in range(20):
@@ -299,3 +308,12 @@ def test_bake_masks_is_all_or_nothing_under_ctrl_c():
         assert all(torch.equal(v, baked[k]) for k, v in state.items()) or all(
             torch.equal(v, original[k]) for k, v in state.items()
         ), location
+
+
+def test_mc_gradient_every_line():
+    model = models.make("conv_bn_relu")
+    data = models.batches("conv_bn_relu", sizes=(2,))
+    steps = []
+    call = lambda m: rg.mc_gradient(m, data, steps=2, samples=2, on_step=lambda s, theta: steps.append(s))  # noqa: E731
+    _fuzz(model, call, _same_scores)
+    assert steps

@@ -24,7 +24,7 @@ from ..criteria import METHODS
 class MCSettings:
     """How the demo runs ``mc_gradient``. Per step: ``samples`` masked copies of ``batch`` examples
     (fewer when D is smaller), plus one unmasked forward label-free. ``keep=0.9``: each sampled mask
-    switches off ~10 % of the units, so that the masked networks still classify and their accuracies
+    switches off ~10 % of the units, so that the masked networks still classify and their scores
     say which units matter (with 0.5, every sample is near chance and the ranking is noise)."""
 
     samples: int = 32
