@@ -34,3 +34,12 @@ class Unit:
     def key(self) -> str:
         """The key of this unit's scores: ``name`` for outputs, ``"name:input"`` / ``"name:experts"`` otherwise."""
         return self.name if self.side == "output" else f"{self.name}:{self.side}"
+
+
+def split_key(key: str) -> tuple[str, str]:
+    """``(module name, side)`` of a scores / masks key: ``"a.b:input"`` -> ``("a.b", "input")``,
+    ``"a.b"`` -> ``("a.b", "output")``. Module names never contain ``:``, so the suffix is unambiguous."""
+    name, sep, side = key.rpartition(":")
+    if sep and side in SIDES[1:]:
+        return name, side
+    return key, "output"

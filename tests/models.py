@@ -150,11 +150,11 @@ def hf_model(kind: str, seed: int = 0):
     """A tiny random-weight Hugging Face model (no download) and its expected default units."""
     tf = import_transformers()
     torch.manual_seed(seed)
-    if kind == "llama":  # grouped-query attention: 4 query heads, 2 key/value heads
+    if kind == "llama":  # grouped-query attention: 4 query heads, 2 key/value heads: 2 units (one per kv head)
         config = tf.LlamaConfig(hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
                                 num_key_value_heads=2, vocab_size=61, max_position_embeddings=64)  # fmt: skip
         model = tf.LlamaForCausalLM(config)
-        units = [(f"model.layers.{i}.{m}:input", n) for i in range(2) for m, n in (("self_attn.o_proj", 4),
+        units = [(f"model.layers.{i}.{m}:input", n) for i in range(2) for m, n in (("self_attn.o_proj", 2),
                                                                                   ("mlp.down_proj", 48))]  # fmt: skip
     elif kind == "gpt2":
         config = tf.GPT2Config(n_embd=32, n_layer=2, n_head=4, vocab_size=61, n_positions=64, bos_token_id=0,

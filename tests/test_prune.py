@@ -61,9 +61,7 @@ def test_ratio_counts_exactly():
 def test_masks_never_empty_a_layer_unless_asked():
     keep = masks(SCORES, n=5)  # 7 channels, 2 modules: at most 5 prunable
     assert keep["a"].tolist() == [False, False, True] and keep["b"].tolist() == [False, False, True, False]
-    with pytest.raises(
-        ValueError, match="cannot prune 6 of 7 channels while keeping one channel per module.*at most 5"
-    ):
+    with pytest.raises(ValueError, match="cannot prune 6 of 7 channels while keeping one per module.*at most 5"):
         masks(SCORES, n=6)
     everything = masks(SCORES, n=7, allow_empty=True)
     assert not any(m.any() for m in everything.values())

@@ -134,7 +134,9 @@ def test_unscored_root_channels_are_never_chosen_first():
         )
 
     class Group(list):
-        _DG = SimpleNamespace(is_out_channel_pruning_fn=lambda fn: fn == "out")
+        _DG = SimpleNamespace(
+            is_out_channel_pruning_fn=lambda fn: fn == "out", is_in_channel_pruning_fn=lambda fn: fn == "in"
+        )
 
     group = Group(
         [
@@ -153,3 +155,22 @@ def test_unscored_root_channels_are_never_chosen_first():
         ScoreImportance(odd, {"act": torch.ones(2)})(
             Group([item(root, list(range(6)), list(range(6))), item(odd["act"], [0, 1, 2], [0, 1, 2])])
         )
+
+
+def test_input_side_scores_prune_the_units_they_name():
+    """Scores on a consumer's input (``"2:input"``, as transformers' neurons are scored) remove the same
+    hidden units as the same scores on the producer's output; Mixture-of-Experts keys are refused."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 8), nn.ReLU(), nn.Linear(8, 3)).double()
+    s = torch.rand(8, generator=torch.Generator().manual_seed(2))
+    x = torch.randn(4, 5, dtype=torch.float64)
+    by_output = prune_physically(copy.deepcopy(model), {"0": s}, x[:1], ratio=0.5, ignored_layers=[model[2]])
+    clone = copy.deepcopy(model)
+    by_input = prune_physically(clone, {"2:input": s}, x[:1], ratio=0.5, ignored_layers=[clone[2]])
+    assert by_input[0].out_features == by_output[0].out_features == 4
+    assert torch.equal(by_input[0].weight, by_output[0].weight)
+    keep = {"2:input": s >= s.sort().values[4]}
+    with torch.no_grad(), apply_masks(model, keep):
+        torch.testing.assert_close(by_input(x), model(x), rtol=0, atol=1e-12)
+    with pytest.raises(rg.UnsupportedModuleError, match="'0:experts'"):
+        ScoreImportance(model, {"0:experts": s})

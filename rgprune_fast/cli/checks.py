@@ -36,6 +36,32 @@ def check_ratio(ratio: float) -> None:
         raise CliError(f"--ratio must be a number in [0, 1], got {ratio}")
 
 
+def parse_ratio(text: str) -> float | dict[str, float]:
+    """``--ratio``: one fraction for every unit kind (``0.3``) or one per kind (``heads=0.25,neurons=0.3``)."""
+    if "=" not in text:
+        try:
+            ratio = float(text)
+        except ValueError:
+            raise CliError(
+                f"--ratio must be a number in [0, 1] or KIND=R,... (e.g. heads=0.25,neurons=0.3), got {text!r}"
+            ) from None
+        check_ratio(ratio)
+        return ratio
+    ratios = {}
+    for part in text.split(","):
+        kind, _, value = part.partition("=")
+        kind = kind.strip()
+        try:
+            ratios[kind] = float(value)
+        except ValueError:
+            raise CliError(f"--ratio {part!r}: {value!r} is not a number") from None
+        if not kind:
+            raise CliError(f"--ratio {part!r} names no unit kind (e.g. heads=0.25)")
+        if not 0 <= ratios[kind] <= 1:
+            raise CliError(f"--ratio {part!r}: the fraction must be in [0, 1]")
+    return ratios
+
+
 def check_device(spec: str) -> torch.device:
     """``--device`` names a device torch knows and this machine has (a tensor can be made on it)."""
     try:

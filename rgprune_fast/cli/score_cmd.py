@@ -13,8 +13,10 @@ from ..criteria import METHODS, parse_methods
 from ..scorers.taylor import score
 from . import scores_file
 from .checks import check_data_fits, check_device, check_writable, positive_int
-from .data import load_data
-from .models import input_channels, load_model
+from .data import LoadedData, load_data
+from .errors import CliError
+from .hf_models import is_checkpoint, load_checkpoint, text_batches, text_lines
+from .models import LoadedModel, input_channels, load_model
 
 
 class _Counted:
@@ -26,7 +28,7 @@ class _Counted:
 
     def __iter__(self):
         for batch in self.batches:
-            self.examples += len(batch[0])
+            self.examples += len(batch["input_ids"]) if isinstance(batch, dict) else len(batch[0])
             yield batch
 
     def __len__(self) -> int:
@@ -34,8 +36,16 @@ class _Counted:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", metavar="MODEL", help="torchvision/timm model name, or a file saved with torch.save(model)")
-    p.add_argument("data", metavar="DATA", help="mnist | digits | IMAGE_FOLDER | CIFAR_FOLDER | random:SHAPE")
+    p.add_argument(
+        "model",
+        metavar="MODEL",
+        help="torchvision/timm model name, a file saved with torch.save(model), or a Hugging Face checkpoint folder",
+    )
+    p.add_argument(
+        "data",
+        metavar="DATA",
+        help="mnist | digits | IMAGE_FOLDER | CIFAR_FOLDER | random:SHAPE; checkpoints: docstrings | text:FILE",
+    )
     p.add_argument(
         "--method",
         nargs="+",
@@ -52,7 +62,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-classes", type=positive_int, default=1000, help="classes of a named MODEL (default: 1000)")
     p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument(
-        "--batches", type=positive_int, default=4, help="number of batches of random:SHAPE data (default: 4)"
+        "--batches", type=positive_int, default=4, help="batches of random:SHAPE or docstrings data (default: 4)"
     )
     p.add_argument("--max-batches", type=positive_int, help="stop after this many batches")
     p.add_argument(
@@ -70,18 +80,28 @@ def run(args: argparse.Namespace) -> int:
     for path in scores_file.paths(args.out):
         check_writable(path)
     device = check_device(args.device)
-    loaded = load_model(args.model, weights=args.weights, num_classes=args.num_classes, seed=args.seed)
-    data = load_data(
-        args.data,
-        channels=input_channels(loaded.model),
-        image_size=args.image_size,
-        batch_size=args.batch_size,
-        random_batches=args.batches,
-        classes=min(args.num_classes, 10) if loaded.built_by_name else 10,
-        seed=args.seed,
-    )
-    model = loaded.model.to(device)
-    check_data_fits(model, data.example.to(device), loaded.description, args.data)
+    if is_checkpoint(args.model):
+        if args.weights is not None:
+            raise CliError("--weights is for model names; a Hugging Face checkpoint folder already holds its weights")
+        lines, text = text_lines(args.data, count=args.batch_size * args.batches, seed=args.seed)
+        checkpoint = load_checkpoint(args.model)
+        batches = text_batches(lines, checkpoint.tokenizer, batch_size=args.batch_size)
+        loaded = LoadedModel(checkpoint.model, checkpoint.description, False)
+        data = LoadedData(batches, None, text)
+        model = loaded.model.to(device)
+    else:
+        loaded = load_model(args.model, weights=args.weights, num_classes=args.num_classes, seed=args.seed)
+        data = load_data(
+            args.data,
+            channels=input_channels(loaded.model),
+            image_size=args.image_size,
+            batch_size=args.batch_size,
+            random_batches=args.batches,
+            classes=min(args.num_classes, 10) if loaded.built_by_name else 10,
+            seed=args.seed,
+        )
+        model = loaded.model.to(device)
+        check_data_fits(model, data.example.to(device), loaded.description, args.data)
     print(f"model: {loaded.description}\ndata: {data.description}")
     counted = _Counted(data.batches)
     started = time.perf_counter()
@@ -106,7 +126,8 @@ def run(args: argparse.Namespace) -> int:
         "data": args.data,
         "data_description": data.description,
         "examples": counted.examples,
-        "input_shape": list(data.example.shape[1:]),
+        "input_shape": None if data.example is None else list(data.example.shape[1:]),
+        "checkpoint": is_checkpoint(args.model),
         "methods": methods,
         "gradient": args.gradient,
         "normalize": not args.no_normalize,

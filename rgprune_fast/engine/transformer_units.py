@@ -4,11 +4,12 @@ and by the attention modules' own head attributes.
 
 * MLP neurons: the input of the MLP's down projection, one unit per channel.
 * Attention heads: the input of the attention output projection, grouped by head size, so each
-  layer yields its number of query heads (grouped-query and multi-query attention: the output
-  projection still sees every query head). The head count is read from the attention module
-  (``num_heads``, ``num_attention_heads``, ``n_heads``, ``n_head``, or ``head_dim`` /
-  ``attention_head_size`` / ``key_value_proj_dim``) next to the projection, so per-layer counts (Swin)
-  are right; the model's ``config`` is the fallback.
+  layer yields its number of query heads. Grouped-query and multi-query attention: one unit per
+  key/value head, i.e. the query heads sharing it (``num_key_value_groups`` of them), because that is
+  what can be removed without breaking the uniform sharing (and it shrinks the KV cache too).
+  The head count is read from the attention module (``num_heads``, ``num_attention_heads``,
+  ``n_heads``, ``n_head``, or ``head_dim`` / ``attention_head_size`` / ``key_value_proj_dim``) next to
+  the projection, so per-layer counts (Swin) are right; the model's ``config`` is the fallback.
 * Mixture-of-Experts experts (engine/experts.py): one unit per neuron of every expert.
 
 A model is treated as a transformer when it (or a module inside a wrapper) has a Hugging Face
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from ..units import Unit
+from ..units import Unit, split_key
 from . import experts
 
 
@@ -58,6 +59,8 @@ UNIT_RULES = (
     UnitRule(r"(^|\.)(layer\.\d+|blocks\.\d+)\.output\.dense$", "neuron", "BERT-style, HF Swin"),
     UnitRule(r"(^|\.)layers\.\d+\.fc2$", "neuron", "OPT (fc1/fc2 directly on the decoder layer)"),
 )
+
+UNIT_KINDS = ("channels", "heads", "neurons", "experts", "inputs")
 
 HEAD_COUNT_ATTRS = ("num_heads", "num_attention_heads", "n_heads", "n_head")
 HEAD_SIZE_ATTRS = ("head_dim", "attention_head_size", "key_value_proj_dim", "head_size")
@@ -119,6 +122,19 @@ def _head_size(model: nn.Module, name: str, width: int, fallback: tuple[int, int
     return None
 
 
+def _queries_per_kv_head(model: nn.Module, name: str, heads: int, config) -> int:
+    """Grouped-query attention: the query heads sharing one key/value head (``num_key_value_groups`` of
+    the attention module next to the projection, else the config's heads / key-value heads); 1 otherwise.
+    A unit is then one key/value group: what removing a key/value head removes."""
+    parent = model.get_submodule(name.rpartition(".")[0])
+    groups = _int_attr(parent, ("num_key_value_groups",))
+    if groups is None and config is not None:
+        kv_heads = getattr(config, "num_key_value_heads", None)
+        if isinstance(kv_heads, int) and kv_heads > 0 and heads % kv_heads == 0:
+            groups = heads // kv_heads
+    return groups if groups is not None and heads % groups == 0 else 1
+
+
 def transformer_units(model: nn.Module) -> list[Unit]:
     """The default units of a transformer model, in ``named_modules()`` order; ``[]`` if not one."""
     config = hf_config(model)
@@ -137,11 +153,25 @@ def transformer_units(model: nn.Module) -> list[Unit]:
         if rule.unit == "head":
             size = _head_size(model, name, width, fallback)
             if size is not None:
+                size *= _queries_per_kv_head(model, name, width // size, config)
                 units.append(Unit(name, "input", size))
                 heads = True
         else:
             units.append(Unit(name, "input", 1))
     return units if heads or config is not None else []
+
+
+def unit_kind(key: str) -> str:
+    """The kind of the units under a scores key, by the module's name and side (:data:`UNIT_KINDS`):
+    ``"heads"`` / ``"neurons"`` for the input of a projection :data:`UNIT_RULES` recognises, ``"experts"``,
+    ``"inputs"`` for other input-side units, ``"channels"`` for output channels (convolutional nets)."""
+    name, side = split_key(key)
+    if side == "experts":
+        return "experts"
+    if side == "output":
+        return "channels"
+    rule = next((r for r in UNIT_RULES if re.search(r.pattern, name)), None)
+    return "inputs" if rule is None else {"head": "heads", "neuron": "neurons"}[rule.unit]
 
 
 def is_transformer(model: nn.Module) -> bool:

@@ -1,58 +1,65 @@
-"""Keep-masks applied to a model, either removably (forward hooks) or baked into the weights.
+"""Keep-masks applied to a model removably (hooks), for every kind of unit key (see ``targets.py``).
 
-Masking zeroes a scored module's output channels (the pre-activations ``score`` measured). Downstream
-layers then see exactly what they would see if the channel were removed, as long as what follows maps
-0 to 0 (ReLU, pooling, a Conv/Linear's input): that is why a masked Conv-BN-ReLU chain computes the
-same function as the physically pruned one (tested against Torch-Pruning).
+* Output channels (``"name"``): the module's output is multiplied by the mask along its channel dim.
+  Downstream layers then see exactly what they would see if the channel were removed, as long as what
+  follows maps 0 to 0 (ReLU, pooling, a Conv/Linear's input): that is why a masked Conv-BN-ReLU chain
+  computes the same function as the physically pruned one (tested against Torch-Pruning).
+* Input channels (``"name:input"``: attention heads, MLP neurons): the module's input is multiplied by
+  the mask, each entry over its unit's channels: the same function as removing those weight columns.
+  A projection its parent applies through its weights (``nn.MultiheadAttention.out_proj``) is made to
+  be called as a module while the masks are on, so the hook fires (engine/handlers.py).
+* Experts (``"name:experts"``): the experts module runs the engine's per-expert forward with each
+  expert's neurons multiplied by their masks; its first call is checked against the module's own forward.
 """
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
 
 import torch
 from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
-from torch.nn.modules.conv import _ConvNd, _ConvTransposeNd
 
-from ..engine import module_rules
-from ..engine.batching import as_batch
+from ..engine import experts, module_rules
+from ..engine.handlers import _calling_forward, functional_projection
 from ..engine.interrupts import interrupt_safe, interruptible
-from ..engine.model_state import preserved
+from ..engine.model_state import override_forward
 from ..errors import UnsupportedModuleError
-from .ranking import Masks, Scores, check_scores
+from .ranking import Masks
+from .targets import Target, expand, resolve, static_width, unit_size
 
 
 def _channel_dim(module: nn.Module) -> int:
     return module_rules.rule_for(module).channel_dim
 
 
-def _masked_modules(model: nn.Module, keep: Masks) -> list[tuple[str, nn.Module, torch.Tensor]]:
+def checked_masks(model: nn.Module, keep: Masks) -> list[tuple[Target, torch.Tensor]]:
+    """Every entry of ``keep`` resolved against ``model`` and checked (before anything changes)."""
+    if not isinstance(keep, dict) or not keep:
+        raise ValueError("masks must be a non-empty {key: 1-D bool tensor} dict, as returned by masks()")
     found = []
-    for name, mask in keep.items():
-        try:
-            module = model.get_submodule(name)
-        except AttributeError:
-            raise ValueError(f"the masks name module {name!r}, which is not in the model") from None
+    for key, mask in keep.items():
+        target = resolve(model, key)
         if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool or mask.dim() != 1:
-            raise ValueError(f"masks[{name!r}] must be a 1-D bool tensor (True = keep)")
-        found.append((name, module, mask))
+            raise ValueError(f"masks[{key!r}] must be a 1-D bool tensor (True = keep)")
+        width = static_width(target)
+        if width is not None:
+            if target.side == "experts" and mask.numel() != width:
+                raise ValueError(f"masks[{key!r}] has {mask.numel()} entries but {target.name!r} has {width} neurons")
+            unit_size(f"masks[{key!r}]", mask.numel(), width)
+        found.append((target, mask))
     return found
 
 
 class MaskHandle:
-    """The hooks installed by :func:`apply_masks`; ``remove()`` (or leaving the ``with``) undoes them."""
+    """What :func:`apply_masks` installed; ``remove()`` (or leaving the ``with``) undoes it."""
 
-    def __init__(self, handles: list) -> None:
-        self._handles = handles
+    def __init__(self) -> None:
+        self._undo: list[Callable[[], None]] = []
 
     def remove(self) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles = []
+        while self._undo:
+            self._undo.pop()()
 
     def __enter__(self) -> MaskHandle:
         return self
@@ -61,13 +68,13 @@ class MaskHandle:
         self.remove()
 
 
-def _mask_hook(name: str, mask: torch.Tensor, dim: int):
+def _output_hook(key: str, mask: torch.Tensor, dim: int):
     def hook(module: nn.Module, args, out):
         if not isinstance(out, torch.Tensor):
-            raise UnsupportedModuleError(f"cannot mask module {name!r}: it returns {type(out).__name__}")
+            raise UnsupportedModuleError(f"cannot mask {key!r}: the module returns {type(out).__name__}")
         channels = out.shape[dim]
         if channels != mask.numel():
-            raise ValueError(f"masks[{name!r}] has {mask.numel()} entries but the module outputs {channels} channels")
+            raise ValueError(f"masks[{key!r}] has {mask.numel()} entries but the module outputs {channels} channels")
         shape = [1] * out.dim()
         shape[dim] = channels
         return out * mask.to(device=out.device, dtype=out.dtype).view(shape)
@@ -75,18 +82,81 @@ def _mask_hook(name: str, mask: torch.Tensor, dim: int):
     return hook
 
 
+def _input_hook(key: str, mask: torch.Tensor):
+    def hook(module: nn.Module, args):
+        if not args or not isinstance(args[0], torch.Tensor):
+            raise UnsupportedModuleError(f"cannot mask {key!r}: the module's first argument is not a tensor")
+        x = args[0]
+        channels = expand(mask, x.shape[-1], f"masks[{key!r}]").to(device=x.device, dtype=x.dtype)
+        return (x * channels, *args[1:])
+
+    return hook
+
+
+def _experts_forward(key: str, mask: torch.Tensor):
+    def intercept(expert: int, h: torch.Tensor, rows: torch.Tensor, total: int) -> torch.Tensor:
+        per_expert = h.shape[-1]
+        return h * mask[expert * per_expert : (expert + 1) * per_expert].to(device=h.device, dtype=h.dtype)
+
+    def forward(module, *args, **kwargs):
+        if not module._rgprune_mask_agrees:  # once per apply_masks: unmasked, against the class's forward
+            check = experts.ExpertsState()
+            with torch.no_grad():
+                experts._forward(module, *args, **kwargs, state=check)
+            if not check.agrees:
+                raise UnsupportedModuleError(
+                    f"cannot mask {key!r}: the experts module computes something else than the per-expert "
+                    "forward masks use (another gate, biases or layout)"
+                )
+            module._rgprune_mask_agrees = True
+        return experts._forward(module, *args, **kwargs, state=experts.ExpertsState(intercept=intercept, agrees=True))
+
+    return forward
+
+
+def _install(target: Target, mask: torch.Tensor, model: nn.Module) -> Callable[[], None]:
+    """Install the mask of one target; returns its undo."""
+    module = target.module
+    if target.side == "output":
+        return module.register_forward_hook(_output_hook(target.key, mask, _channel_dim(module))).remove
+    if target.side == "input":
+        undo = [module.register_forward_pre_hook(_input_hook(target.key, mask)).remove]
+        parent_name, _, child = target.name.rpartition(".")
+        parent = model.get_submodule(parent_name)
+        if functional_projection(parent) == child:
+            if "forward" in parent.__dict__:
+                raise UnsupportedModuleError(
+                    f"cannot mask {target.key!r}: {parent_name!r} applies it through its weights and has a "
+                    "forward of its own already; use bake_masks()"
+                )
+            undo.append(override_forward(parent, _calling_forward(child, type(parent).forward)))
+        return lambda: [u() for u in reversed(undo)]
+    if "forward" in module.__dict__:
+        raise UnsupportedModuleError(f"cannot mask {target.key!r}: the module has a forward of its own already")
+    module._rgprune_mask_agrees = None
+    restore = override_forward(module, _experts_forward(target.key, mask))
+
+    def undo():
+        restore()
+        module.__dict__.pop("_rgprune_mask_agrees", None)
+
+    return undo
+
+
 @interrupt_safe
 def apply_masks(model: nn.Module, keep: Masks) -> MaskHandle:
-    """Zero the masked channels of each module's output (forward hooks), until ``handle.remove()``.
+    """Remove the masked units from ``model``'s computation (hooks), until ``handle.remove()``.
 
-    Usable as a context manager: ``with apply_masks(model, m): evaluate(model)``. Every entry is checked
-    before any hook is added; on any error (or Ctrl-C) the hooks added so far are removed.
+    ``keep`` is ``{key: bool tensor}`` (True = keep) as :func:`~rgprune_fast.pruning.masks` returns:
+    output channels, ``:input`` units (heads, neurons) and ``:experts`` neurons. Usable as a context
+    manager: ``with apply_masks(model, m): evaluate(model)``. Every entry is checked before anything is
+    installed; on any error (or Ctrl-C) what was installed so far is removed.
     """
-    masked_modules = _masked_modules(model, keep)
-    handle = MaskHandle([])
+    planned = checked_masks(model, keep)
+    handle = MaskHandle()
     try:
-        for name, module, mask in masked_modules:
-            handle._handles.append(module.register_forward_hook(_mask_hook(name, mask, _channel_dim(module))))
+        for target, mask in planned:
+            handle._undo.append(_install(target, mask, model))
         interruptible(lambda: None)  # a Ctrl-C that waited arrives here, while the hooks can still be removed
     except BaseException:
         handle.remove()
@@ -102,92 +172,3 @@ def masked(model: nn.Module, keep: Masks) -> Iterator[nn.Module]:
         yield model
     finally:
         handle.remove()
-
-
-def _baked_params(name: str, module: nn.Module, mask: torch.Tensor) -> list[tuple[torch.Tensor, int]]:
-    """The ``(parameter, channel dim)`` pairs whose masked channels :func:`bake_masks` zeroes, checked
-    against ``mask``; raises naming ``name`` for a module it cannot bake or a mask that does not fit."""
-    if isinstance(module, _ConvTransposeNd):
-        if module.groups != 1:
-            raise UnsupportedModuleError(f"cannot bake masks into grouped ConvTranspose {name!r}")
-        params = [(module.weight, 1), (module.bias, 0)]
-    elif isinstance(module, (_ConvNd, nn.Linear)):
-        params = [(module.weight, 0), (module.bias, 0)]
-    elif isinstance(module, (_BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.modules.instancenorm._InstanceNorm)):
-        weight = getattr(module, "weight", None)
-        if not isinstance(weight, nn.Parameter) or weight.dim() != 1:
-            raise UnsupportedModuleError(
-                f"cannot bake masks into {name!r}: it has no per-channel affine weight; use apply_masks()"
-            )
-        params = [(weight, 0), (getattr(module, "bias", None), 0)]
-    else:
-        raise UnsupportedModuleError(
-            f"cannot bake masks into {name!r} ({type(module).__name__}); use apply_masks() instead"
-        )
-    params = [(p, dim) for p, dim in params if p is not None]
-    for param, dim in params:
-        if param.shape[dim] != mask.numel():
-            raise ValueError(f"masks[{name!r}] has {mask.numel()} entries but {name!r} has {param.shape[dim]} channels")
-    return params
-
-
-@interrupt_safe
-@torch.no_grad()
-def bake_masks(model: nn.Module, keep: Masks) -> None:
-    """Make the masks permanent by zeroing weights, so that masked channels output exactly 0.
-
-    BatchNorm and 1-D-affine normalisation layers: weight and bias of the channel (``0·x̂ + 0``).
-    Conv/Linear: the channel's weights and bias. Anything else raises
-    :class:`~rgprune_fast.errors.UnsupportedModuleError` naming it (use :func:`apply_masks`).
-    All or nothing: every entry is checked before any weight changes, and Ctrl-C waits for the end.
-    """
-    planned = [
-        (param, dim, (~mask).nonzero().view(-1).to(param.device))
-        for name, module, mask in _masked_modules(model, keep)
-        for param, dim in _baked_params(name, module, mask)
-    ]
-    for param, dim, dropped in planned:
-        param.index_fill_(dim, dropped, 0.0)
-
-
-@interrupt_safe
-@torch.no_grad()
-def output_channels(model: nn.Module, names: list[str], example_inputs: Any) -> dict[str, int]:
-    """Channels of each named module's output in one eval-mode forward of ``example_inputs``."""
-    found: dict[str, int] = {}
-    named = []
-    for name in names:
-        try:
-            named.append((name, model.get_submodule(name)))
-        except AttributeError:
-            raise ValueError(f"the scores name module {name!r}, which is not in the model") from None
-
-    def hook(module, args, out, name):
-        if isinstance(out, torch.Tensor) and out.dim() >= 1:
-            found[name] = out.shape[_channel_dim(module)]
-
-    handles = []
-    try:
-        for name, module in named:
-            handles.append(module.register_forward_hook(functools.partial(hook, name=name)))
-        with preserved(model):  # every module's training flag back as it was, not model.train(flag)
-            model.eval()
-            as_batch(example_inputs, 0).call(model)
-    finally:
-        for h in handles:
-            h.remove()
-    return found
-
-
-def check_scores_fit(model: nn.Module, scores: Scores, example_inputs: Any) -> None:
-    """Raise ``ValueError`` naming the first module whose scores do not match the model's channels."""
-    checked = check_scores(scores)
-    channels = output_channels(model, list(checked), example_inputs)
-    for name, s in checked.items():
-        if name not in channels:
-            raise ValueError(f"module {name!r} of the scores is not called by the model's forward pass")
-        if channels[name] != s.numel():
-            raise ValueError(
-                f"the scores of module {name!r} have {s.numel()} channels but the model's module outputs "
-                f"{channels[name]}: the scores were computed for a different model"
-            )

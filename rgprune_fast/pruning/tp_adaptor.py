@@ -2,7 +2,8 @@
 
 :class:`ScoreImportance` is a ``torch_pruning.importance.Importance`` that answers with rgprune_fast
 scores: for each dependency group it looks up every scored module whose output channels the group
-removes and maps their scores onto the group's root channels. Members coupled by residual additions
+removes (or, for ``:input`` keys, whose input channels it removes: heads and neurons, each unit's score
+on each of its channels) and maps their scores onto the group's root channels. Members coupled by residual additions
 (torchvision ResNet: the stem BN and every block's last BN share channels) are combined, by default by
 summing, because removing a coupled channel removes the unit in every member and first-order Taylor
 estimates of removing several units add up. Groups with no scored member return ``None``, which
@@ -27,7 +28,9 @@ from ..engine.batching import as_batch  # noqa: E402  (after the optional-depend
 from ..engine.model_state import preserved  # noqa: E402
 from ..engine.module_rules import PRODUCERS  # noqa: E402
 from ..engine.probe import run_probe  # noqa: E402
+from ..errors import UnsupportedModuleError  # noqa: E402
 from .ranking import check_scores, normalize_per_layer  # noqa: E402
+from .targets import expand, input_width, resolve  # noqa: E402
 
 REDUCTIONS = ("sum", "mean", "max")
 
@@ -57,19 +60,27 @@ class ScoreImportance(tp.importance.Importance):
         if reduction not in REDUCTIONS:
             raise ValueError(f"unknown reduction {reduction!r}; use one of {', '.join(REDUCTIONS)}")
         self.reduction = reduction
-        self._by_module: dict[nn.Module, torch.Tensor] = {}
-        for name, s in normalize_per_layer(check_scores(scores), normalize).items():
-            try:
-                module = model.get_submodule(name)
-            except AttributeError:
-                raise ValueError(f"the scores name module {name!r}, which is not in the model") from None
-            channels = _out_channels(module)
+        self._by_module: dict[nn.Module, torch.Tensor] = {}  # output channels
+        self._by_input: dict[nn.Module, torch.Tensor] = {}  # input channels (``:input`` keys), per channel
+        for key, s in normalize_per_layer(check_scores(scores), normalize).items():
+            target = resolve(model, key, "scores")
+            if target.side == "experts":
+                raise UnsupportedModuleError(
+                    f"{key!r}: Torch-Pruning cannot remove Mixture-of-Experts neurons; use masks() with bake_masks()"
+                )
+            if target.side == "input":
+                width = input_width(target.module)
+                if width is None:
+                    raise UnsupportedModuleError(f"{key!r}: Torch-Pruning input channels of a {type(target.module)}")
+                self._by_input[target.module] = expand(s.float(), width, f"the scores of {key!r}")
+                continue
+            channels = _out_channels(target.module)
             if channels is not None and channels != s.numel():
                 raise ValueError(
-                    f"the scores of module {name!r} have {s.numel()} channels but it has {channels}: "
+                    f"the scores of module {key!r} have {s.numel()} channels but it has {channels}: "
                     "scores describe the model they were computed on (pruned since? score it again)"
                 )
-            self._by_module[module] = s.float()
+            self._by_module[target.module] = s.float()
 
     @torch.no_grad()
     def __call__(self, dependency_group: Any) -> torch.Tensor | None:
@@ -81,15 +92,21 @@ class ScoreImportance(tp.importance.Importance):
         seen: set[int] = set()
         for item in dependency_group:
             module = item.dep.target.module
-            if module not in self._by_module or id(module) in seen:
+            if id(module) in seen:
                 continue
-            if not graph.is_out_channel_pruning_fn(item.dep.handler):
-                continue  # a consumer's input channels: its own units are elsewhere
+            if graph.is_out_channel_pruning_fn(item.dep.handler):
+                scored = self._by_module
+            elif graph.is_in_channel_pruning_fn(item.dep.handler):
+                scored = self._by_input  # a consumer whose input channels are the scored units
+            else:
+                continue
+            if module not in scored:
+                continue
             root_idxs = list(item.root_idxs)
             if any(r is None for r in root_idxs):
                 continue
             seen.add(id(module))
-            s = self._by_module[module]
+            s = scored[module]
             own = tp._helpers.to_plain_idxs(item.idxs)
             if max(own, default=-1) >= s.numel():
                 raise ValueError(
