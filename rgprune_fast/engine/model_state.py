@@ -3,6 +3,7 @@ model's own forward caches on its modules while it is scored."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import types
 import weakref
@@ -76,6 +77,27 @@ def preserved(model: nn.Module) -> Iterator[None]:
             p.requires_grad_(flag)
             if p.grad is not grad:
                 p.grad = grad
+        if any(a is not b for a, b in zip(params, model.parameters())):
+            _reshard(model)
+
+
+def _reshard(model: nn.Module) -> None:
+    """FSDP2 (``fully_shard``) keeps the root's gathered weights registered from its forward until its
+    backward: after a call that raised in between (a gradient callable, a target check), put the
+    sharded parameters back with FSDP's own recovery (``reset_iter_state`` on the root; it discards no
+    gradient of ours: the parameters are frozen while scored)."""
+    if not torch.distributed.is_available():
+        return
+    from torch.distributed.fsdp import FSDPModule
+
+    for module in model.modules():
+        if not isinstance(module, FSDPModule):
+            continue
+        if hasattr(module, "reset_iter_state"):  # recent torch
+            with contextlib.suppress(RuntimeError):  # not a root: its root's call reshards it
+                module.reset_iter_state()
+        else:
+            module.reshard()  # older torch: best effort (a root mid-iteration stays gathered)
 
 
 @contextmanager

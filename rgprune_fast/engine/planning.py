@@ -18,7 +18,9 @@ Tap kinds, in order of preference (no stored activations: docs/design.md, "How t
 * ``generic``: the output is handed on unchanged and referenced (not copied) for backward. Only
   possible when nothing modifies it in place later; otherwise scoring raises
   :class:`~rgprune_fast.errors.UnsupportedModuleError` naming the module.
-* ``input``: input units: the module's first input is handed to it through a generic tap.
+* ``input``: input units: the module's first input is handed to it through a generic tap, unless a
+  fused producer computes ``s`` from what autograd keeps anyway (``fused``: the product of a gated MLP, or
+  an elementwise activation module; engine/fused_inputs.py), falling back to the generic tap at run time.
 
 Tensors may fold the batch into dim 0 (``[N * k, ..., C]``: OPT's MLP, windowed attention) when the
 probe has checked that rows ``[n * k, (n + 1) * k)`` are example ``n``'s; their rows are summed by example.
@@ -37,7 +39,7 @@ from torch import nn
 
 from ..errors import SkippedUnitsWarning, UnsupportedModuleError
 from ..units import Unit
-from . import experts, module_rules
+from . import experts, fused_inputs, module_rules
 from .probe import ProbeResult, edge_key, edge_of, is_folded
 from .transformer_units import transformer_units
 
@@ -59,6 +61,8 @@ class TapPlan:
     molchanov_weights: module_rules.MolchanovWeights = field(default_factory=list)  # W_c (molchanov_group)
     molchanov_source: str = ""  # the module those weights belong to
     folded: bool = False  # its tensors are [N * k, ..., C]: rows of example n are [n * k, (n + 1) * k)
+    fused: str = ""  # kind == "input": "product" | "activation" (engine/fused_inputs.py) | "" (generic)
+    fused_modules: list[nn.Module] = field(default_factory=list)  # the modules that produce the fused input
 
     @property
     def name(self) -> str:
@@ -332,5 +336,6 @@ def _plan(model: nn.Module, probe: ProbeResult, unit: Unit, molchanov: bool, exp
     if not reachable and not explicit:
         raise UnsupportedModuleError(f"module {unit.name!r} does not reach the model output",
                                      "its output never reaches the model output: every score would be 0")  # fmt: skip
+    fused, fused_modules = fused_inputs.fused_source(model, unit.name, calls, probe) if kind == "input" else ("", [])
     return TapPlan(unit, module, kind, channel_dim, channels, reachable, relu_modules, weights, source,
-                   folded)  # fmt: skip
+                   folded, fused, fused_modules)  # fmt: skip

@@ -9,6 +9,7 @@ scorer raises.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -17,10 +18,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import UnsupportedModuleError
 from ..units import Unit
 from .activations import out_of_place
 from .batching import BatchStream, head
-from .distributed import rank_seed
+from .distributed import Lockstep, rank_seed, sharded_parameter
 from .experts import routing
 from .gradients import check_seed
 from .handlers import calling_projections
@@ -67,7 +69,7 @@ def prepare(model: nn.Module, *, seed: int, modules: Any) -> Target:
 @dataclass
 class Session:
     plans: list[TapPlan]  # one per scored unit spec, in named_modules() order
-    batches: BatchStream  # the data, batch by batch, on the model's device
+    batches: BatchStream | Lockstep  # the data, batch by batch, on the model's device
 
 
 @contextmanager
@@ -80,7 +82,15 @@ def session(
     modules that apply a Linear through its weights call it as a module (engine/handlers.py), and
     Mixture-of-Experts experts run a forward that exposes each expert's neurons (engine/experts.py)."""
     model = target.model
-    batches = BatchStream(data, max_batches, target.device, cycle=cycle)
+    sharded = sharded_parameter(model)  # FSDP2: the ranks' forwards gather weights together
+    if sharded is not None and molchanov:
+        raise UnsupportedModuleError(
+            f"method 'molchanov_group' needs the whole weights W_c and their gradients on each rank, but {sharded!r} "
+            "is a DTensor shard (FSDP2 / tensor parallelism); use the other methods, or score an unsharded copy",
+            "molchanov_group on a sharded model",
+        )
+    open_stream = functools.partial(BatchStream, data, max_batches, target.device, cycle=cycle)
+    batches = open_stream() if sharded is None else Lockstep(open_stream, target.device)  # docs/distributed.md
     with (
         exclusive(model),
         preserved(model),

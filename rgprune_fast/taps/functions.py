@@ -114,3 +114,81 @@ class ExpertTap(torch.autograd.Function):
         block = per_row.new_zeros(tap.examples, per_row.shape[1]).index_add_(0, example_of_row, per_row)
         tap.add_block(ctx.expert * per_row.shape[1], block)
         return dh, None, None, None, None
+
+
+class FusedInput:
+    """What a fused producer of a projection's input ``h`` (below) hands on: ``tap`` is set when the
+    projection it feeds takes ``h`` as it is (tapset.py checks the tensor's identity), else ``s`` is not
+    reduced and the producer is just its own computation."""
+
+    __slots__ = ("tap",)
+
+    def __init__(self):
+        self.tap = None
+
+
+class ProductTap(torch.autograd.Function):
+    """``h = a * u`` (the gated MLP's product) whose backward also yields ``s = Σ h · dh`` from the
+    factors the product keeps anyway: ``h · dh = u · du`` with ``du = dh · a`` (engine/fused_inputs.py).
+    ``anchors``: those of the taps this product may feed."""
+
+    @staticmethod
+    def forward(ctx, a, u, record, *anchors):
+        h = torch.mul(a, u)
+        ctx.record = record
+        ctx.both = a.requires_grad and u.requires_grad
+        if ctx.both:
+            ctx.save_for_backward(a, u)
+        else:  # what the product's own backward keeps, and h for s
+            ctx.save_for_backward(a if u.requires_grad else None, u if a.requires_grad else None, h)
+        return h
+
+    @staticmethod
+    def backward(ctx, dh):
+        tap = ctx.record.tap
+        if ctx.both:
+            a, u = ctx.saved_tensors
+            du = dh * a
+            da = dh * u if ctx.needs_input_grad[0] else None
+            if tap is not None:
+                tap.add(tap.backend.channel_stats(u, du, u.dim() - 1))
+        else:
+            a, u, h = ctx.saved_tensors
+            da = dh * u if ctx.needs_input_grad[0] else None
+            du = dh * a if ctx.needs_input_grad[1] else None
+            if tap is not None:
+                tap.add(tap.backend.channel_stats(h, dh, h.dim() - 1))
+        return (da, du if ctx.needs_input_grad[1] else None, None) + (None,) * (len(ctx.needs_input_grad) - 3)
+
+
+class ActivationTap(torch.autograd.Function):
+    """An elementwise activation ``h = act(z)`` that keeps only ``z`` (the activation's own backward keeps
+    a tensor of that size anyway). Backward recomputes ``h`` for ``s = Σ h · dh`` and frees it before
+    ``dz``, which comes from ``grad`` (the activation's own backward kernel) or, without one, from autograd
+    on the activation recomputed (engine/fused_inputs.py)."""
+
+    @staticmethod
+    def forward(ctx, z, act, grad, record, *anchors):
+        h = act(z)
+        ctx.act, ctx.grad, ctx.record = act, grad, record
+        ctx.save_for_backward(z)
+        return h
+
+    @staticmethod
+    def backward(ctx, dh):
+        (z,) = ctx.saved_tensors
+        tap, need = ctx.record.tap, ctx.needs_input_grad[0]
+        if tap is not None:
+            with torch.no_grad():
+                h = ctx.act(z)
+                s = tap.backend.channel_stats(h, dh, h.dim() - 1)
+            del h
+            tap.add(s)
+        dz = None
+        if need and ctx.grad is not None:
+            dz = ctx.grad(z, dh)
+        elif need:
+            with torch.enable_grad():
+                leaf = z.detach().requires_grad_(True)
+                dz = torch.autograd.grad(ctx.act(leaf), leaf, dh)[0]
+        return (dz, None, None, None) + (None,) * (len(ctx.needs_input_grad) - 4)

@@ -8,6 +8,7 @@ A :class:`Tap` receives the statistic ``s[N, C]`` of its module from the autogra
 from __future__ import annotations
 
 import contextlib
+import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
@@ -16,11 +17,11 @@ from torch import nn
 
 from ..backends.contract import ReductionBackend
 from ..criteria import Criterion, UnitStatistics, finish
-from ..engine import activations, experts
+from ..engine import activations, experts, fused_inputs
 from ..engine.model_state import override_forward
 from ..engine.planning import NO_GRAD_MESSAGE, TapPlan
 from ..errors import UnsupportedModuleError
-from .functions import BatchNormTap, ExpertTap, GenericTap, ReluTap
+from .functions import ActivationTap, BatchNormTap, ExpertTap, FusedInput, GenericTap, ProductTap, ReluTap
 
 
 class Tap:
@@ -96,6 +97,8 @@ class TapSet:
         # The Molchanov weights W_c of every tap: the only parameters that need gradients
         self.weight_params = list({id(p): p for t in self.taps for p, _ in t.plan.molchanov_weights}.values())
         self._pending_relu: dict[int, tuple[torch.Tensor, Tap]] = {}
+        # id(h) -> (weakref to h, its record, its version, the taps it may feed): a fused producer's output
+        self._pending_fused: dict[int, tuple[weakref.ref, FusedInput, int, tuple[Tap, ...]]] = {}
 
     @property
     def anchors(self) -> list[torch.Tensor]:
@@ -105,25 +108,34 @@ class TapSet:
     def installed(self) -> Iterator[TapSet]:
         handles, overridden = [], []
         try:
-            relu_modules = {}
+            relu_modules = {id(r): r for tap in self.taps if tap.plan.kind == "relu" for r in tap.plan.relu_modules}
+            fused: dict[int, tuple[str, nn.Module, list[Tap]]] = {}  # producer module -> the taps it may feed
             for tap in self.taps:
                 kind, module = tap.plan.kind, tap.plan.module
                 if kind == "batchnorm":
                     overridden.append(override_forward(module, _batchnorm_forward(tap)))
                 elif kind == "input":
-                    handles.append(module.register_forward_pre_hook(_input_hook(tap)))
+                    producers = [m for m in tap.plan.fused_modules if id(m) not in relu_modules]
+                    for m in producers:
+                        fused.setdefault(id(m), (tap.plan.fused, m, []))[2].append(tap)
+                    hook = self._fused_input_hook(tap) if producers else _input_hook(tap)
+                    handles.append(module.register_forward_pre_hook(hook))
                 elif kind == "experts":
                     state = experts.state_of(module)
                     state.intercept = _experts_intercept(tap)
                     overridden.append(lambda state=state: setattr(state, "intercept", None))
                 elif kind == "relu":
                     handles.append(module.register_forward_hook(self._remember_for_relu(tap)))
-                    for relu in tap.plan.relu_modules:
-                        relu_modules[id(relu)] = relu
                 else:
                     handles.append(module.register_forward_hook(_generic_hook(tap)))
             for relu in relu_modules.values():
                 overridden.append(override_forward(relu, self._relu_forward(relu)))
+            for how, producer, taps in fused.values():
+                if how == "product":
+                    forward = fused_inputs.gated_forward(self._fused_product(tuple(taps)))
+                else:
+                    forward = self._fused_activation(producer, tuple(taps))
+                overridden.append(override_forward(producer, forward))
             yield self
         finally:
             for h in handles:
@@ -131,6 +143,60 @@ class TapSet:
             for restore in reversed(overridden):
                 restore()
             self._pending_relu.clear()
+            self._pending_fused.clear()
+
+    def _remember_fused(self, h: torch.Tensor, record: FusedInput, taps: tuple[Tap, ...]) -> torch.Tensor:
+        self._pending_fused[id(h)] = (weakref.ref(h), record, h._version, taps)
+        return h
+
+    def _fused_product(self, taps: tuple[Tap, ...]):
+        anchors = [t.anchor for t in taps]
+
+        def multiply(a, u):
+            tensors = isinstance(a, torch.Tensor) and isinstance(u, torch.Tensor)
+            if not tensors or a.shape != u.shape or a.dtype != u.dtype or not a.is_floating_point():
+                return a * u  # broadcasting, mixed dtypes: the plain product (the generic tap follows)
+            if not torch.is_grad_enabled():
+                return a * u
+            record = FusedInput()
+            return self._remember_fused(ProductTap.apply(a, u, record, *anchors), record, taps)
+
+        return multiply
+
+    def _fused_activation(self, module: nn.Module, taps: tuple[Tap, ...]):
+        original = type(module).forward.__get__(module)  # the class's own (fused_inputs checked it)
+        grad, anchors = fused_inputs.input_grad(module), [t.anchor for t in taps]
+
+        def forward(module, z):
+            if not isinstance(z, torch.Tensor) or not z.is_floating_point() or not torch.is_grad_enabled():
+                return original(z)
+            record = FusedInput()
+            return self._remember_fused(ActivationTap.apply(z, original, grad, record, *anchors), record, taps)
+
+        return forward
+
+    def _fused_input_hook(self, tap: Tap):
+        """The projection's input tap when a fused producer may feed it: nothing to do when its input is
+        that producer's output, untouched (the producer reduces ``s``), else the generic input tap."""
+        generic = _input_hook(tap)
+
+        def hook(module, args):
+            x = args[0] if args else None
+            entry = self._pending_fused.get(id(x)) if isinstance(x, torch.Tensor) else None
+            if entry is None or entry[0]() is not x or entry[2] != x._version or tap not in entry[3]:
+                return generic(module, args)
+            record = entry[1]
+            if record.tap is not None and record.tap is not tap:
+                raise RuntimeError(
+                    f"{tap.plan.key!r} and {record.tap.plan.key!r} take the same input tensor; the structure probe "
+                    "saw it go into one projection only (the model's control flow differs from the probe's, on the "
+                    "first batch), so the statistics would not be exact"
+                )
+            tap.applied()
+            record.tap = tap  # a second call on the same input: its gradient is in the one dh already
+            return None
+
+        return hook
 
     def _remember_for_relu(self, tap: Tap):
         def hook(module, args, out):
@@ -154,12 +220,14 @@ class TapSet:
 
     def begin_batch(self, examples: int) -> None:
         self._pending_relu.clear()
+        self._pending_fused.clear()
         for tap in self.taps:
             tap.batch_s, tap.forward_calls, tap.backward_calls = None, 0, 0
             tap.examples = examples
 
     def check_forward(self, batch: int) -> None:
         """After a batch's forward: every output planned for a fused ReLU tap went through its ReLU."""
+        self._pending_fused.clear()
         if self._pending_relu:
             names = sorted({tap.plan.key for _, tap in self._pending_relu.values()})
             self._pending_relu.clear()
