@@ -87,6 +87,16 @@ def _check_architecture(meta: dict, model, description: str, path: Path) -> None
         )
 
 
+def _check_fit(args: argparse.Namespace, model, description: str, scores: dict, example, meta: dict, method: str):
+    """The scores fit the model (else one line), then what is pruned with what."""
+    try:
+        check_scores_fit(model, scores, example)
+    except ValueError as e:
+        raise CliError(f"{args.scores} does not fit {description}: {e}") from None
+    print(f"model: {description}")
+    print(f"scores: {method} from {args.scores} (scored on {meta.get('model', '?')} with {meta.get('data', '?')})")
+
+
 def _masks(args: argparse.Namespace, scores: dict, ratio) -> dict:
     try:
         options = {"normalize": args.normalize_layers, "allow_empty": args.allow_empty}
@@ -115,12 +125,7 @@ def _run_checkpoint(args: argparse.Namespace, ratio) -> int:
     example = None
     if checkpoint.tokenizer is not None:
         example = dict(checkpoint.tokenizer(["An example sentence."], return_tensors="pt"))
-    try:
-        check_scores_fit(model, scores, example)
-    except ValueError as e:
-        raise CliError(f"{args.scores} does not fit {checkpoint.description}: {e}") from None
-    print(f"model: {checkpoint.description}")
-    print(f"scores: {method} from {args.scores} (scored on {meta.get('model', '?')} with {meta.get('data', '?')})")
+    _check_fit(args, model, checkpoint.description, scores, example, meta, method)
     params = count_params(model)
     macs = count_macs(model, example) if example is not None else None
     dropped = {kind: 0 for kind in kinds_of(scores).values()}
@@ -164,12 +169,7 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(f"{str(args.scores)!r} does not record the input shape; re-create it with `rgprune-fast score`")
     example = torch.randn(1, *shape)
     _check_architecture(meta, model, loaded.description, args.scores)
-    try:
-        check_scores_fit(model, scores, example)
-    except ValueError as e:
-        raise CliError(f"{args.scores} does not fit {loaded.description}: {e}") from None
-    print(f"model: {loaded.description}")
-    print(f"scores: {method} from {args.scores} (scored on {meta.get('model', '?')} with {meta.get('data', '?')})")
+    _check_fit(args, model, loaded.description, scores, example, meta, method)
     params, macs = count_params(model), count_macs(model, example)
     units = sum(s.numel() for s in scores.values())
     if args.physical:

@@ -15,6 +15,7 @@ import torch
 
 from ... import __version__
 from ...optional import require
+from ..run import machine
 from . import data, experiment, physical, plots, report
 from .config import FULL, QUICK, TransformerDemoConfig
 from .encoder import MODEL_NAME, by_length, import_transformers, load_minilm, model_folder, provenance, tokenize
@@ -148,19 +149,6 @@ def best_rg(outcome: experiment.Outcome, config: TransformerDemoConfig) -> tuple
     return best.scorer, best.allocation
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    import os
-
-    threads = torch.get_num_threads()
-    return f"{cpu}, {os.cpu_count()} logical CPUs, {threads} thread{'s' * (threads != 1)}"
-
-
 def markdown(outputs: TransformerDemoOutputs, config: TransformerDemoConfig, sentences: data.Sentences, command: str):
     outcome, check = outputs.outcome, outputs.check
     rows = outcome.rows
@@ -178,7 +166,7 @@ def markdown(outputs: TransformerDemoOutputs, config: TransformerDemoConfig, sen
         f"`{sentences.fingerprint()}`); at most {config.max_length} tokens per sentence, scoring batches of "
         f"{config.score_batch}. Seed {config.seed}. The wheel's model files are {outputs.provenance}.",
         "",
-        f"Machine: {machine()}; Python {platform.python_version()}, torch {torch.__version__}, transformers "
+        f"Machine: {machine()}; Python {platform.python_version()}, transformers "
         f"{tf.__version__}, rgprune_fast {__version__}"
         + (f" (commit `{revision}`)" if revision else "")
         + f"; {stamp}; "
