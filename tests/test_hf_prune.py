@@ -223,13 +223,13 @@ def snapshot(model):
     ("bad", "error", "match"),
     [
         ({"model.layers.9.mlp.down_proj:input": torch.ones(48, dtype=torch.bool)}, ValueError, "not in the model"),
-        ({"model.layers.1.mlp.down_proj:input": torch.ones(5, dtype=torch.bool)}, ValueError, "do not divide"),
+        ({"model.layers.1.mlp.down_proj:input": torch.ones(5, dtype=torch.bool)}, ValueError, "do not (divide|split)"),
         ({"model.layers.1.self_attn.o_proj:input": torch.ones(8, dtype=torch.bool)}, ValueError, "not whole heads"),
         ({"model.layers.1.mlp.down_proj:input": torch.ones(48)}, ValueError, "1-D bool"),
-        ({"model.layers.1.mlp.up_proj": torch.ones(48, dtype=torch.bool)}, ValueError, "output-channel"),
-        ({"model.layers.1.mlp.up_proj:input": torch.ones(32, dtype=torch.bool)}, UnsupportedModuleError,
+        ({"model.layers.1.mlp.up_proj": torch.arange(48) > 0}, ValueError, "output-channel"),
+        ({"model.layers.1.mlp.up_proj:input": torch.arange(32) > 0}, UnsupportedModuleError,
          "'model.layers.1.mlp.up_proj'"),
-        ({"lm_head:input": torch.ones(32, dtype=torch.bool)}, UnsupportedModuleError, "'lm_head'"),
+        ({"lm_head:input": torch.arange(32) > 0}, UnsupportedModuleError, "'lm_head'"),
         ({"model.layers.1.self_attn.o_proj:input": torch.tensor([True, True, True, False])}, ValueError,
          r"\[2, 1\] query heads .* 'model.layers.1.self_attn': every group"),
         ({"model.layers.1.self_attn.o_proj:input": torch.zeros(2, dtype=torch.bool)}, ValueError,
@@ -299,3 +299,19 @@ def test_scores_to_pruned_model(kind):
     assert_close(logits(model, batches, "sdpa"), ref, f"{kind} scored")
     rescored = rg.score(model.float(), data)
     assert {k: v.numel() for k, v in rescored.items()} == {k: int(m.sum()) for k, m in keep.items()}
+
+
+def test_entries_that_remove_nothing_may_be_of_any_kind():
+    """``masks()`` returns every scored key; kinds a ratio does not name come back all True: output
+    channels, experts, blocks of other layouts. They remove nothing and are accepted; a wrong length
+    is still refused."""
+    model, batches = build("llama-gqa")
+    keep = {
+        "model.layers.0.mlp.down_proj:input": torch.arange(48) % 2 == 0,
+        "model.layers.0.mlp.up_proj": torch.ones(48, dtype=torch.bool),
+        "lm_head:input": torch.ones(32, dtype=torch.bool),
+    }
+    report = prune_transformer(model, keep)
+    assert report["params_after"] < report["params_before"]
+    with pytest.raises(ValueError, match="do not split"):
+        prune_transformer(model, {"lm_head:input": torch.ones(5, dtype=torch.bool)})

@@ -225,3 +225,18 @@ def test_unit_masks_that_do_not_fit_are_refused_before_anything_changes():
     with pytest.raises(ValueError, match=r"layer.1.attention.output.dense:input'.*5 entries.*different model"):
         check_scores_fit(model, {**scores, HEADS.format(1): torch.ones(5)}, inputs)
     check_scores_fit(model, scores, inputs)
+
+
+def test_head_masks_must_cover_whole_heads():
+    """Masks or scores made for another width (before the heads were pruned: 8 entries where 4 heads of
+    8 channels remain) would cut half heads: refused, naming the key. An empty dict masks nothing."""
+    model, scores = _bert_scores()
+    half_heads = {HEADS.format(0): torch.ones(8, dtype=torch.bool)}
+    for action in (apply_masks, bake_masks):
+        with pytest.raises(ValueError, match=r"4 channels each, not whole heads of 8 channels"):
+            action(model, half_heads)
+    with pytest.raises(ValueError, match="not whole heads"):
+        check_scores_fit(model, {**scores, HEADS.format(0): torch.ones(8)}, _bert_inputs())
+    with apply_masks(model, {}):
+        pass
+    bake_masks(model, {})

@@ -50,7 +50,8 @@ def load_checkpoint(folder: str) -> LoadedCheckpoint:
     with contextlib.suppress(OSError, ValueError):  # a checkpoint without a tokenizer: only text DATA needs one
         tokenizer = tf.AutoTokenizer.from_pretrained(folder, local_files_only=True)
     name = type(model).__name__
-    return LoadedCheckpoint(model.float().eval(), tokenizer, f"Hugging Face {name} from {folder}")
+    dtype = str(next(model.parameters()).dtype).replace("torch.", "")
+    return LoadedCheckpoint(model.eval(), tokenizer, f"Hugging Face {name} ({dtype}) from {folder}")
 
 
 def text_lines(spec: str, *, count: int, seed: int) -> tuple[list[str], str]:
@@ -103,8 +104,13 @@ def save_checkpoint(model: nn.Module, tokenizer, out: Path) -> None:
         if out.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent or Path(".")))
             os.replace(out, old / "x")
-            os.replace(staging, out)
-            shutil.rmtree(old, ignore_errors=True)
+            try:
+                os.replace(staging, out)
+            except BaseException:
+                os.replace(old / "x", out)  # the previous checkpoint back in place
+                raise
+            finally:
+                shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(staging, out)
     finally:

@@ -125,6 +125,8 @@ def _run_checkpoint(args: argparse.Namespace, ratio) -> int:
     example = None
     if checkpoint.tokenizer is not None:
         example = dict(checkpoint.tokenizer(["An example sentence."], return_tensors="pt"))
+    elif any(not key.endswith((":input", ":experts")) for key in scores):
+        raise CliError(f"{args.model!r} has no tokenizer, which checking output-channel scores needs")
     _check_fit(args, model, checkpoint.description, scores, example, meta, method)
     params = count_params(model)
     macs = count_macs(model, example) if example is not None else None
@@ -178,7 +180,8 @@ def run(args: argparse.Namespace) -> int:
         before = output_channels(model, list(scores), example)
         prune_physically(model, scores, example, ratio=ratio, normalize=args.normalize_layers)
         after = output_channels(model, list(scores), example)
-        removed = sum(before.values()) - sum(after.values())
+        per_unit = {key: before[key] // scores[key].numel() for key in before}  # heads: head_dim channels
+        removed = sum((before[key] - after.get(key, 0)) // per_unit[key] for key in before)
         print(f"removed {removed} of {units} scored units (Torch-Pruning, global pruning ratio {ratio})")
     else:
         keep = _masks(args, scores, ratio)

@@ -122,14 +122,20 @@ def _head_size(model: nn.Module, name: str, width: int, fallback: tuple[int, int
     return None
 
 
+def head_size(model: nn.Module, name: str, width: int) -> int | None:
+    """The head size of the attention output projection ``name`` whose input is ``width`` channels."""
+    config = hf_config(model)
+    return _head_size(model, name, width, head_layout(config) if config is not None else None)
+
+
 def _queries_per_kv_head(model: nn.Module, name: str, heads: int, config) -> int:
     """Grouped-query attention: the query heads sharing one key/value head (``num_key_value_groups`` of
     the attention module next to the projection, else the config's heads / key-value heads); 1 otherwise.
     A unit is then one key/value group: what removing a key/value head removes."""
     parent = model.get_submodule(name.rpartition(".")[0])
     groups = _int_attr(parent, ("num_key_value_groups",))
-    if groups is None and config is not None:
-        kv_heads = getattr(config, "num_key_value_heads", None)
+    if groups is None and config is not None and heads == getattr(config, "num_attention_heads", None):
+        kv_heads = getattr(config, "num_key_value_heads", None)  # (only for the config's own attention)
         if isinstance(kv_heads, int) and kv_heads > 0 and heads % kv_heads == 0:
             groups = heads // kv_heads
     return groups if groups is not None and heads % groups == 0 else 1

@@ -13,7 +13,7 @@ from ..engine.batching import as_batch
 from ..engine.interrupts import interrupt_safe
 from ..engine.model_state import preserved
 from .ranking import Scores, check_scores
-from .targets import resolve, static_width, unit_size
+from .targets import check_unit_size, resolve, static_width
 
 
 @interrupt_safe
@@ -63,7 +63,7 @@ def check_scores_fit(model: nn.Module, scores: Scores, example_inputs: Any) -> N
             raise ValueError(f"module {key!r} of the scores is not called by the model's forward pass")
         if key.endswith(":input"):
             try:
-                unit_size(f"the scores of {key!r}", s.numel(), channels[key])
+                check_unit_size(model, key, s.numel(), channels[key], f"the scores of {key!r}")
             except ValueError as e:
                 raise ValueError(f"{e}: the scores were computed for a different model") from None
         elif channels[key] != s.numel():

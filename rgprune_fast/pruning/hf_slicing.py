@@ -27,6 +27,7 @@ from torch import nn
 from ..engine.interrupts import interrupt_safe
 from ..errors import UnsupportedModuleError
 from .counting import count_params
+from .targets import check_unit_size, resolve, static_width
 
 # The attention module's own head attributes (forward uses some; the default units read the others).
 _HEAD_COUNT_ATTRS = ("num_heads", "num_attention_heads")
@@ -277,6 +278,16 @@ def _unchanged() -> None:
     pass
 
 
+def _check_kept(model: nn.Module, key, mask: torch.Tensor) -> None:
+    """An all-True mask removes nothing, whatever kind of unit it covers: only check that it fits."""
+    if not isinstance(key, str):
+        raise ValueError(f"mask keys must be strings, got {key!r}")
+    target = resolve(model, key)
+    width = static_width(target)
+    if width is not None:
+        check_unit_size(model, key, mask.numel(), width, f"masks[{key!r}]")
+
+
 def plan_pruning(model: nn.Module, keep: dict) -> list[tuple[str, Block, object, dict]]:
     """Check every mask against the model and return ``(key, block, apply, report)`` per key; nothing
     is changed. Raises ``ValueError`` (bad key, mask, GQA layout) or ``UnsupportedModuleError``."""
@@ -284,6 +295,10 @@ def plan_pruning(model: nn.Module, keep: dict) -> list[tuple[str, Block, object,
         raise ValueError(f"keep must be a dict of masks, got {type(keep).__name__}")
     planned, seen = [], {}
     for key, mask in keep.items():
+        if isinstance(mask, torch.Tensor) and mask.dtype == torch.bool and mask.dim() == 1 and bool(mask.all()):
+            # nothing removed: any unit kind may stay (experts, a hybrid's BatchNorms, blocks of other layouts)
+            _check_kept(model, key, mask)
+            continue
         name = _parse_key(key)
         try:
             model.get_submodule(name)

@@ -26,7 +26,7 @@ from ..engine.interrupts import interrupt_safe, interruptible
 from ..engine.model_state import override_forward
 from ..errors import UnsupportedModuleError
 from .ranking import Masks
-from .targets import Target, expand, resolve, static_width, unit_size
+from .targets import Target, check_unit_size, expand, resolve, static_width
 
 
 def _channel_dim(module: nn.Module) -> int:
@@ -35,8 +35,8 @@ def _channel_dim(module: nn.Module) -> int:
 
 def checked_masks(model: nn.Module, keep: Masks) -> list[tuple[Target, torch.Tensor]]:
     """Every entry of ``keep`` resolved against ``model`` and checked (before anything changes)."""
-    if not isinstance(keep, dict) or not keep:
-        raise ValueError("masks must be a non-empty {key: 1-D bool tensor} dict, as returned by masks()")
+    if not isinstance(keep, dict):
+        raise ValueError("masks must be a {key: 1-D bool tensor} dict, as returned by masks()")
     found = []
     for key, mask in keep.items():
         target = resolve(model, key)
@@ -46,7 +46,7 @@ def checked_masks(model: nn.Module, keep: Masks) -> list[tuple[Target, torch.Ten
         if width is not None:
             if target.side == "experts" and mask.numel() != width:
                 raise ValueError(f"masks[{key!r}] has {mask.numel()} entries but {target.name!r} has {width} neurons")
-            unit_size(f"masks[{key!r}]", mask.numel(), width)
+            check_unit_size(model, key, mask.numel(), width, f"masks[{key!r}]")
         found.append((target, mask))
     return found
 

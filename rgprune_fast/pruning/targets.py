@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..engine import experts
-from ..engine.transformer_units import _in_features
+from ..engine.transformer_units import _in_features, head_size, unit_kind
 from ..errors import UnsupportedModuleError
 from ..units import split_key
 
@@ -65,6 +65,21 @@ def unit_size(key: str, units: int, channels: int) -> int:
             f"{key!r} has {units} entries, which do not split the module's {channels} channels into equal units"
         )
     return channels // units
+
+
+def check_unit_size(model: nn.Module, key: str, units: int, channels: int, what: str) -> int:
+    """:func:`unit_size`, and for attention heads, whole heads per entry (masks or scores made for another
+    width, e.g. before the heads were pruned, would otherwise cut the channels into half heads without an
+    error)."""
+    size = unit_size(what, units, channels)
+    if unit_kind(key) == "heads":
+        name = split_key(key)[0]
+        head = head_size(model, name, channels)
+        if head is not None and size % head:
+            raise ValueError(
+                f"{what} has {units} entries: {size} channels each, not whole heads of {head} channels of {key!r}"
+            )
+    return size
 
 
 def expand(mask: torch.Tensor, channels: int, key: str) -> torch.Tensor:
