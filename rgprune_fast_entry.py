@@ -7,10 +7,11 @@ Ctrl-C at any moment ends the command with one line on stderr and exit status 13
   the standard library and installs its SIGINT handler before it imports anything heavy; it lives
   outside the ``rgprune_fast`` package because importing anything inside the package first runs
   ``rgprune_fast/__init__.py``, which imports torch.
-* A ``KeyboardInterrupt`` does not always reach the top: C code that calls back into Python can catch
-  it (torch's start-up swallows one raised while it imports numpy, and a module left half imported
-  fails later with another error). So every exception that follows a Ctrl-C counts as the interrupt,
-  and a watchdog ends the process when a Ctrl-C has not ended the command :data:`GRACE_SECONDS` later.
+* Ctrl-C ends the process at once, from the signal handler: a command's process holds nothing that
+  needs cleaning up but the temporary files of an output being written (removed here). Raising
+  ``KeyboardInterrupt`` instead would send it through C code that calls back into Python, which can
+  swallow it (torch's start-up, while it imports numpy) or abort the process (an interrupted extension
+  module initialisation: status -6 instead of 130).
 """
 
 from __future__ import annotations
@@ -20,11 +21,9 @@ import contextlib
 import os
 import signal
 import sys
-import time
 
 INTERRUPTED = "rgprune-fast: interrupted"
 EXIT_INTERRUPTED = 130  # 128 + SIGINT: what a shell reports for a command ended by Ctrl-C
-GRACE_SECONDS = 2.0  # for the clean-up after a Ctrl-C (ordinarily milliseconds)
 
 # Where the command line registers the temporary files it is writing (see _remove_temporaries).
 _ATOMIC_MODULE = "rgprune_fast.cli.atomic"
@@ -41,19 +40,10 @@ _state = _State()
 
 
 def _on_sigint(signum, frame) -> None:
-    """The first Ctrl-C raises ``KeyboardInterrupt`` (so that clean-up code runs) and starts the watchdog;
-    a second one means the first was swallowed or the clean-up hangs: exit at once."""
+    """Ctrl-C: the line, status 130, the end (a Ctrl-C during the exit changes nothing)."""
     if _state.finishing:
         return
     _state.interrupts += 1
-    if _state.interrupts > 1:
-        _exit_interrupted()
-    _thread.start_new_thread(_watchdog, ())
-    raise KeyboardInterrupt
-
-
-def _watchdog() -> None:
-    time.sleep(GRACE_SECONDS)
     _exit_interrupted()
 
 
@@ -70,7 +60,7 @@ def _stop_listening() -> None:
 
 def _remove_temporaries() -> None:
     """Remove the temporary files of an output being written, when the command line got that far (the
-    watchdog or a second Ctrl-C can end the process before their own clean-up ran)."""
+    process ends before their own clean-up would run)."""
     atomic = sys.modules.get(_ATOMIC_MODULE)
     for path in list(getattr(atomic, "PENDING", ())):
         with contextlib.suppress(OSError):  # already renamed or removed
@@ -80,11 +70,12 @@ def _remove_temporaries() -> None:
 def _exit_interrupted():
     """One line on stderr and status 130, then nothing: no interpreter shutdown, where modules left half
     imported by the interrupt could print more. The first thread here does it; another waits for the end."""
+    _state.finishing = True  # first: a Ctrl-C arriving now returns at once instead of waiting for the lock
     _state.exiting.acquire()
     _stop_listening()
     _remove_temporaries()
     if _thread.get_ident() == _state.main_thread:
-        # (The watchdog does not: the main thread may hold a stream's lock, blocked on a full pipe.)
+        # (Another thread does not: the main thread may hold a stream's lock, blocked on a full pipe.)
         for stream in (sys.stdout, sys.stderr):
             with contextlib.suppress(Exception):  # a closed or broken pipe: nothing left to save
                 stream.flush()
