@@ -3,6 +3,7 @@ reduction kernels vs the device's copy bandwidth, side by side in one run.
 
     PYTHONPATH=. python -m benchmarks.suite --out DIR            # GPU sizes when CUDA is present
     PYTHONPATH=. python -m benchmarks.suite --quick --out DIR    # small sizes (CPU-friendly)
+    PYTHONPATH=. python -m benchmarks.suite --model [--out DIR]  # traffic-model PREDICTIONS, no GPU needed
 
 Writes ``DIR/results.json`` (one row per configuration and scorer), ``DIR/results.md`` (tables, ratios, PASS/MISS)
 and PNG plots (with matplotlib). Every number of a configuration comes from one process, measured
@@ -10,7 +11,8 @@ round-robin (floor, score per backend, naive, train step, floor, ...) after warm
 ``--repeats``. ``score_ms`` is per batch of a call over ``--batches-per-call`` batches (the structure
 probe amortised, as when scoring a data set); ``score_1batch_ms`` is a one-batch call, probe included.
 Peak memory (GPU only) is ``torch.cuda.max_memory_allocated`` during one call, model and inputs
-included.
+included. On CUDA each row also gets the traffic model's predicted score/floor at the measured batch
+(``benchmarks/traffic.py``, docs/traffic_model.md; computed on the CPU after the measurements).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import datetime
 import json
 import os
 import platform
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -196,6 +199,24 @@ def measure_config(cfg: Config, args, device: torch.device, meta: dict) -> list[
     return rows
 
 
+def join_predictions(rows: list[dict], configs: list[Config]) -> None:
+    """The traffic model's predicted score/floor (benchmarks/traffic.py: CPU, fake tensors) into each
+    measured row, at the row's batch; ``None`` where it could not be computed."""
+    from . import traffic
+
+    measured = {r["config"]: r["batch"] for r in rows if r.get("kind") != "kernel"}
+    print("traffic model (predictions for the measured configs):", flush=True)
+    try:
+        predicted = traffic.predict([c for c in configs if c.name in measured], measured)
+    except Exception as e:  # a prediction must never cost the measurements
+        print(f"  no predictions: {type(e).__name__}: {e}")
+        predicted = []
+    ratios = {p["config"]: p["predicted_ratio"] for p in predicted}
+    for r in rows:
+        if r.get("kind") != "kernel":
+            r["predicted_ratio"] = ratios.get(r["config"])
+
+
 def environment(device: torch.device) -> dict:
     try:
         import triton
@@ -211,7 +232,10 @@ def environment(device: torch.device) -> dict:
 
 def main(argv: list[str] | None = None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", required=True, type=Path)
+    ap.add_argument("--out", type=Path, help="output folder (required, except with --model)")
+    ap.add_argument("--model", action="store_true", help="print the traffic model's PREDICTIONS for the configs "
+                    "(GPU sizes unless --quick; fake tensors, no GPU needed); --out DIR writes model.json, "
+                    "model.md")  # fmt: skip
     ap.add_argument("--quick", action="store_true", help="small sizes (CPU-friendly); default when CUDA is absent")
     ap.add_argument("--configs", default="", help="comma-separated substrings of config names to keep")
     ap.add_argument("--repeats", type=int, default=5)
@@ -221,6 +245,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--no-kernels", action="store_true")
     ap.add_argument("--llm", action="store_true", help="also run benchmarks.llm (Llama-2-7B shape, several minutes)")
     args = ap.parse_args(argv)
+    wanted = [w for w in args.configs.split(",") if w]
+    if args.model:
+        from . import traffic
+
+        configs = QUICK_CONFIGS if args.quick else GPU_CONFIGS
+        configs = [c for c in configs if not wanted or any(w in c.name for w in wanted)]
+        command = " ".join(["PYTHONPATH=. python -m benchmarks.suite", *(argv if argv is not None else sys.argv[1:])])
+        return traffic.run(configs, args.out, command)
+    if args.out is None:
+        ap.error("--out is required (except with --model)")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     quick = args.quick or device.type != "cuda"
     meta = environment(device)
@@ -229,7 +263,6 @@ def main(argv: list[str] | None = None) -> list[dict]:
           f"commit {meta['commit']}{' (quick)' if quick else ''}", flush=True)  # fmt: skip
     rows = [] if args.no_kernels else kernel_rows(device, quick, meta)
     configs = QUICK_CONFIGS if quick else GPU_CONFIGS
-    wanted = [w for w in args.configs.split(",") if w]
     for cfg in configs:
         if wanted and not any(w in cfg.name for w in wanted):
             continue
@@ -239,6 +272,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         rows += measure_config(cfg, args, device, meta)
         if device.type == "cuda":
             torch.cuda.empty_cache()
+    if device.type == "cuda":
+        join_predictions(rows, configs)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(rows, indent=1))
     date = datetime.date.today().isoformat()

@@ -24,5 +24,11 @@ class BackendUnavailableError(RuntimeError):
     """An explicitly requested reduction backend cannot serve this device; the message says why."""
 
 
+class KernelSelfCheckWarning(RuntimeWarning):
+    """A fused kernel raised or disagreed with the torch backend on its first use for one case (device,
+    dtype, layout, op variant); that case uses the torch backend for the rest of the process. The
+    message names the backend, the op, the case and what went wrong (``backends/selfcheck.py``)."""
+
+
 class NonFiniteStatisticsError(FloatingPointError):
     """NaN or Inf appeared in the statistics; the message names the module and the batch."""

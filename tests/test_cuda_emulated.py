@@ -1,8 +1,9 @@
 """The CUDA kernels (rgprune_fast/backends/extension/csrc/stats_cuda.cu) run on the CPU under a small
 emulation of the CUDA features they use (tests/cuda_emu/emu.h), against a float64 reference: both
-layouts, padded strides, every dtype and op, split and unsplit reductions, and the vector-load and
-element-wise paths agreeing bit for bit. This checks their logic where there is no GPU; speed and the
-real compiler are checked on a GPU (test_backends.py's cuda pairs, test_cuda_ext.py) and by `nvcc` in CI."""
+layouts, padded strides, every dtype and op, split and unsplit reductions, and the 16-byte-load, 8- and
+4-byte-piece and element-wise paths (rows or pointers aligned to 16, 8, 4 or 2 bytes) agreeing bit for
+bit. This checks their logic where there is no GPU; speed and the real compiler are checked on a GPU
+(test_backends.py's cuda pairs, test_cuda_ext.py), by `nvcc` in CI, and by benchmarks/aot_cuda.py."""
 
 import re
 import shutil

@@ -4,6 +4,11 @@ Every backend implements :class:`~rgprune_fast.backends.contract.ReductionBacken
 raises :class:`~rgprune_fast.errors.BackendUnavailableError` with the reason when it cannot serve
 tensors on ``device``. ``"auto"`` tries, in order, the entries of ``AUTO_ORDER`` for the device type
 and falls back to the pure-PyTorch reference, which always works.
+
+:func:`select_backend` (what ``score`` uses) puts every fused backend behind the self-check of
+``selfcheck.py``: each kernel is compared with the torch backend on its first use per case, and a case
+whose kernel raises or disagrees is served by the torch backend (one ``KernelSelfCheckWarning``).
+:func:`load_backend` gives the kernels themselves, unchecked (kernel tests, benchmarks).
 """
 
 from __future__ import annotations
@@ -12,7 +17,8 @@ import importlib
 
 import torch
 
-from ..errors import BackendUnavailableError
+from ..errors import BackendUnavailableError, KernelSelfCheckWarning
+from . import selfcheck
 from .contract import ReductionBackend, RunningSums, stat_dtype
 from .torch_ref import TorchBackend
 
@@ -29,20 +35,23 @@ AUTO_ORDER = {"cuda": ("triton", "cuda"), "cpu": ("cpp",)}
 
 
 def load_backend(name: str, device: torch.device) -> ReductionBackend:
-    """The backend ``name`` for ``device``; raises :class:`BackendUnavailableError` saying why not."""
+    """The backend ``name`` for ``device`` (its kernels, without the self-check); raises
+    :class:`BackendUnavailableError` saying why not."""
     module, loader = _LOADERS[name]
     return getattr(importlib.import_module(module, __name__), loader)(torch.device(device))
 
 
 def select_backend(name: str, device: torch.device) -> ReductionBackend:
-    """The backend called ``name`` (or the best available one for ``"auto"``) for tensors on ``device``."""
+    """The backend called ``name`` (or the best available one for ``"auto"``) for tensors on ``device``;
+    a fused one behind the self-check (``selfcheck.SelfCheckedBackend``: same ``name``, ``inner`` is the
+    backend itself)."""
     if not isinstance(name, str) or name not in BACKENDS:
         raise ValueError(f"unknown backend {name!r}; valid backends: {', '.join(BACKENDS)}")
     if name != "auto":
-        return load_backend(name, device)
+        return selfcheck.wrap(load_backend(name, device))
     for candidate in AUTO_ORDER.get(device.type, ()):
         try:
-            return load_backend(candidate, device)
+            return selfcheck.wrap(load_backend(candidate, device))
         except BackendUnavailableError:
             continue
     return TorchBackend()
@@ -60,6 +69,7 @@ def why_unavailable(name: str, device: torch.device) -> str | None:
 __all__ = [
     "AUTO_ORDER",
     "BACKENDS",
+    "KernelSelfCheckWarning",
     "ReductionBackend",
     "RunningSums",
     "TorchBackend",

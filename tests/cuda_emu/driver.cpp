@@ -1,8 +1,10 @@
 // Runs the CUDA kernels of stats_cuda.cu (rgprune_fast/backends/extension/csrc) under the CPU
 // emulation (emu.h) against a float64 reference: both layouts, padded strides, every dtype and op,
 // with and without outputs, split and unsplit reductions, and the same data through the
-// 16-byte-load and the element-wise paths, which must agree bit for bit. Prints one line per
-// failure and a summary; exit status 1 on any failure.
+// 16-byte-load and the element-wise paths, which must agree bit for bit; and (check_widths) the
+// same data laid out so that rows are 16-, 8-, 4- and 2-byte aligned (or the pointers 8- or 4-byte
+// aligned), which the kernels read in 16-, 8- or 4-byte pieces or element by element: again bit for
+// bit the same. Prints one line per failure and a summary; exit status 1 on any failure.
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -101,12 +103,36 @@ struct Result {
   std::vector<T> out;
 };
 
+// Rows (and examples) starting exactly `align` bytes aligned (16, 8, 4 or 2; not below the element
+// size): row strides a multiple of 16 bytes plus `align` bytes (none for 16).
+template <typename T>
+Layout layout_aligned(const Case& k, int align) {
+  const int64_t V = 16 / sizeof(T), extra = align % 16 / static_cast<int64_t>(sizeof(T));
+  const auto stride = [&](int64_t len) { return (len + V - 1) / V * V + extra; };
+  Layout l;
+  if (!k.last) {
+    l.sp = 1;
+    l.sc = stride(k.P);
+    l.sn = stride(k.C * l.sc);
+  } else {
+    l.sc = 1;
+    l.sp = stride(k.C);
+    l.sn = stride(k.P * l.sp);
+  }
+  l.size = k.N * l.sn;
+  return l;
+}
+
 // op: 0 channel, 1 batchnorm, 2 relu, 3 relu6
 template <typename T>
 Result<T> run(const Case& k, int op, bool want_out, int pad, int shift, const std::vector<double>& av,
-              const std::vector<double>& bv, const std::vector<typename Type<T>::acc>& params) {
+              const std::vector<double>& bv, const std::vector<typename Type<T>::acc>& params);
+
+// The same on layout `l`, the data `shift` elements past a 64-byte boundary.
+template <typename T>
+Result<T> run_on(const Case& k, const Layout& l, int op, bool want_out, int shift, const std::vector<double>& av,
+                 const std::vector<double>& bv, const std::vector<typename Type<T>::acc>& params) {
   using A = typename Type<T>::acc;
-  const Layout l = layout_of(k, pad);
   Buffer<T> a(l.size, shift), b(l.size, shift), o(l.size, shift);
   for (int64_t n = 0; n < k.N; ++n)
     for (int64_t c = 0; c < k.C; ++c)
@@ -146,12 +172,25 @@ Result<T> run(const Case& k, int op, bool want_out, int pad, int shift, const st
 }
 
 template <typename T>
+Result<T> run(const Case& k, int op, bool want_out, int pad, int shift, const std::vector<double>& av,
+              const std::vector<double>& bv, const std::vector<typename Type<T>::acc>& params) {
+  return run_on<T>(k, layout_of(k, pad), op, want_out, shift, av, bv, params);
+}
+
+template <typename T>
 bool same_bits(const T& x, const T& y) {
   return std::memcmp(&x, &y, sizeof(T)) == 0;
 }
 
 template <typename T>
-void check_case(const Case& k, int op, bool want_out, std::mt19937& rng) {
+struct Data {
+  std::vector<double> av, bv;
+  std::vector<typename Type<T>::acc> params;
+  std::string tag;
+};
+
+template <typename T>
+Data<T> make_data(const Case& k, int op, bool want_out, std::mt19937& rng) {
   using A = typename Type<T>::acc;
   std::normal_distribution<double> normal(0.0, 1.0);
   const int64_t total = k.N * k.C * k.P;
@@ -170,21 +209,17 @@ void check_case(const Case& k, int op, bool want_out, std::mt19937& rng) {
   std::snprintf(tag, sizeof tag, "%s %s N=%lld C=%lld P=%lld %s out=%d", Type<T>::name, opname[op],
                 static_cast<long long>(k.N), static_cast<long long>(k.C), static_cast<long long>(k.P),
                 k.last ? "channels_last" : "channels_first", want_out ? 1 : 0);
+  return {std::move(av), std::move(bv), std::move(params), tag};
+}
 
-  const Result<T> vec = run<T>(k, op, want_out, 0, 0, av, bv, params);      // aligned: 16-byte loads
-  const Result<T> scal = run<T>(k, op, want_out, 1, 1, av, bv, params);     // misaligned: element-wise
-  const Result<T> again = run<T>(k, op, want_out, 0, 0, av, bv, params);    // determinism
-  ++checks;
-  for (size_t i = 0; i < vec.s.size(); ++i) {
-    if (!same_bits(vec.s[i], scal.s[i]) || !same_bits(vec.s[i], again.s[i])) {
-      fail(std::string(tag) + ": vector and element-wise paths (or two runs) differ in bits");
-      break;
-    }
-  }
-  if (want_out && std::memcmp(vec.out.data(), scal.out.data(), vec.out.size() * sizeof(T)) != 0)
-    fail(std::string(tag) + ": outputs of the two paths differ");
-
-  // float64 reference from the values as stored in T
+// `vec` (any path) against a float64 reference from the values as stored in T.
+template <typename T>
+void check_reference(const Case& k, int op, bool want_out, const Data<T>& d, const Result<T>& vec) {
+  using A = typename Type<T>::acc;
+  const std::vector<double>& av = d.av;
+  const std::vector<double>& bv = d.bv;
+  const std::vector<A>& params = d.params;
+  const char* tag = d.tag.c_str();
   const double tol = Type<T>::d == kF64 ? 1e-12 : 1e-5;
   for (int64_t n = 0; n < k.N; ++n) {
     for (int64_t c = 0; c < k.C; ++c) {
@@ -231,6 +266,54 @@ void check_case(const Case& k, int op, bool want_out, std::mt19937& rng) {
   }
 }
 
+template <typename T>
+void check_case(const Case& k, int op, bool want_out, std::mt19937& rng) {
+  const Data<T> d = make_data<T>(k, op, want_out, rng);
+  const std::string& tag = d.tag;
+  const Result<T> vec = run<T>(k, op, want_out, 0, 0, d.av, d.bv, d.params);   // aligned: 16-byte loads
+  // misaligned by one element: element-wise for 2-byte types, in 4- or 8-byte pieces for float, double
+  const Result<T> scal = run<T>(k, op, want_out, 1, 1, d.av, d.bv, d.params);
+  const Result<T> again = run<T>(k, op, want_out, 0, 0, d.av, d.bv, d.params);  // determinism
+  ++checks;
+  for (size_t i = 0; i < vec.s.size(); ++i) {
+    if (!same_bits(vec.s[i], scal.s[i]) || !same_bits(vec.s[i], again.s[i])) {
+      fail(tag + ": vector and element-wise paths (or two runs) differ in bits");
+      break;
+    }
+  }
+  if (want_out && std::memcmp(vec.out.data(), scal.out.data(), vec.out.size() * sizeof(T)) != 0)
+    fail(tag + ": outputs of the two paths differ");
+  check_reference<T>(k, op, want_out, d, vec);
+}
+
+// The same data with rows 16-, 8-, 4- and 2-byte aligned (those not below the element size), and with
+// 16-byte strides but the pointers only 8- or 4-byte aligned: 16-byte accesses, 8- or 4-byte pieces,
+// element by element. Every result must have the bits of the 16-byte one, which must match the reference.
+template <typename T>
+void check_widths(const Case& k, int op, bool want_out, std::mt19937& rng) {
+  const Data<T> d = make_data<T>(k, op, want_out, rng);
+  const int es = static_cast<int>(sizeof(T));
+  const Result<T> wide = run_on<T>(k, layout_aligned<T>(k, 16), op, want_out, 0, d.av, d.bv, d.params);
+  check_reference<T>(k, op, want_out, d, wide);
+  struct Variant {
+    int rows, shift_bytes;
+  };
+  const Variant variants[] = {{8, 0}, {4, 0}, {2, 0}, {16, 8}, {16, 4}};
+  for (const Variant& v : variants) {
+    if (v.rows < es || (v.shift_bytes && v.shift_bytes < es)) continue;
+    ++checks;
+    const Layout l = layout_aligned<T>(k, v.rows);
+    const Result<T> r = run_on<T>(k, l, op, want_out, v.shift_bytes / es, d.av, d.bv, d.params);
+    char what[96];
+    std::snprintf(what, sizeof what, ": rows %d-byte, pointers %d-byte aligned", v.rows,
+                  v.shift_bytes ? v.shift_bytes : 64);
+    if (std::memcmp(r.s.data(), wide.s.data(), r.s.size() * sizeof(r.s[0])) != 0)
+      fail(d.tag + what + ": sums differ in bits from the 16-byte path");
+    if (want_out && std::memcmp(r.out.data(), wide.out.data(), r.out.size() * sizeof(T)) != 0)
+      fail(d.tag + what + ": outputs differ from the 16-byte path");
+  }
+}
+
 }  // namespace
 
 int main() {
@@ -250,6 +333,23 @@ int main() {
         check_case<double>(k, op, want_out, rng);
         check_case<__half>(k, op, want_out, rng);
         check_case<__nv_bfloat16>(k, op, want_out, rng);
+      }
+    }
+  }
+  // Rows 8- and 4-byte aligned but not 16 (14 x 14 and 7 x 7 maps in NCHW, C = 100 channels-last), in
+  // groups of 8 and 32 threads, split and not, partial packs, a channel dim of size 1 (its stride unused).
+  const Case width_cases[] = {
+      {3, 4, 196, false}, {2, 3, 49, false}, {2, 5, 13, false}, {1, 2, 3000, false}, {2, 1, 40, false},
+      {2, 100, 49, true}, {3, 36, 40, true}, {1, 20, 900, true}, {2, 3, 30, true},
+  };
+  for (const Case& k : width_cases) {
+    for (int op = 0; op < 4; ++op) {
+      for (int want_out = 0; want_out < 2; ++want_out) {
+        if (op == 0 && want_out) continue;
+        check_widths<float>(k, op, want_out, rng);
+        check_widths<double>(k, op, want_out, rng);
+        check_widths<__half>(k, op, want_out, rng);
+        check_widths<__nv_bfloat16>(k, op, want_out, rng);
       }
     }
   }

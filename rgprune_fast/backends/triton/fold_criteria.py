@@ -12,6 +12,7 @@ import triton
 import triton.language as tl
 
 from ..contract import RunningSums
+from . import common
 
 BLOCK_C = 128
 
@@ -48,7 +49,7 @@ def fold_criteria(s: torch.Tensor, batch: int, sums: RunningSums) -> None:
     """The contract's criteria update (``TorchBackend.fold_criteria``), fused into one launch."""
     n, c = s.shape
     unused = sums.s  # stands in for absent sums; never written (its HAS_* flag is off)
-    fold_criteria_kernel[(triton.cdiv(c, BLOCK_C),)](
+    common.launcher(fold_criteria_kernel)[(triton.cdiv(c, BLOCK_C),)](
         s, sums.s,
         sums.abs if sums.abs is not None else unused,
         sums.sq if sums.sq is not None else unused,

@@ -11,8 +11,10 @@
 //     py, py + PY, ... of its split; the PY partial sums of a channel are added in order of py.
 //   Long reductions are split over blocks along the positions; the partial sums of the splits go to a
 //   workspace and a second kernel adds them in split order (and applies the BatchNorm epilogue).
-// Packs are read with 16-byte loads when every row starts 16-byte aligned, else element by element
-// in the same order (so alignment never changes the result).
+// A whole pack is read (and written) with 16-byte accesses when every row starts 16-byte aligned, else
+// with 8- or 4-byte pieces when rows are that aligned, else element by element; a partial pack (the end
+// of a row, C or P shorter than a pack) element by element. The arithmetic is the same on every path, in
+// the same order: alignment changes the speed only, never the result.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -63,6 +65,49 @@ struct alignas(16) Pack {
   static constexpr int kSize = 16 / sizeof(T);
   T v[kSize];
 };
+
+// A whole pack moved as one 16-byte access or as 8- or 4-byte pieces, at addresses aligned to the piece:
+// `width` is chosen once per launch by load_width (never below the element size). The pack holds the same
+// 16 bytes whichever the width. (Of the ways of writing this tried, this one needs the fewest registers;
+// benchmarks/aot_cuda.py reports them.)
+template <int W>
+struct alignas(W) Piece {
+  uint32_t w[W / 4];
+};
+
+template <typename T>
+__device__ __forceinline__ Pack<T> load_pack(const T* src, int width) {
+  Pack<T> r;
+  uint32_t* w = reinterpret_cast<uint32_t*>(r.v);
+  if (width == 16) {
+    const Piece<16> x = *reinterpret_cast<const Piece<16>*>(src);
+    w[0] = x.w[0], w[1] = x.w[1], w[2] = x.w[2], w[3] = x.w[3];
+  } else if (sizeof(T) > 4 || width == 8) {
+    const Piece<8> x = reinterpret_cast<const Piece<8>*>(src)[0], y = reinterpret_cast<const Piece<8>*>(src)[1];
+    w[0] = x.w[0], w[1] = x.w[1], w[2] = y.w[0], w[3] = y.w[1];
+  } else {
+    const uint32_t* q = reinterpret_cast<const uint32_t*>(src);
+    w[0] = q[0], w[1] = q[1], w[2] = q[2], w[3] = q[3];
+  }
+  return r;
+}
+
+template <int W, typename T>
+__device__ __forceinline__ void store_pieces(T* dst, const Pack<T>& r) {
+#pragma unroll
+  for (int k = 0; k < 16 / W; ++k) reinterpret_cast<Piece<W>*>(dst)[k] = reinterpret_cast<const Piece<W>*>(r.v)[k];
+}
+
+template <typename T>
+__device__ __forceinline__ void store_pack(T* dst, const Pack<T>& r, int width) {
+  if constexpr (sizeof(T) <= 4) {
+    if (width == 4) return store_pieces<4>(dst, r);
+  }
+  if (width == 8)
+    store_pieces<8>(dst, r);
+  else
+    store_pieces<16>(dst, r);
+}
 
 // ---- operations (per element) and the pointers they use ----
 
@@ -122,19 +167,20 @@ __device__ __forceinline__ A epilogue(const A* acc, const A* scale, const A* shi
     return acc[0];
 }
 
-// One pack of V elements at a, b (-> out), positions [0, valid); vector loads when `vec`.
+// One pack of V elements at a, b (-> out), positions [0, valid); `width`-byte pieces when whole (and
+// width != 0), else element by element.
 template <typename T, typename Op, typename A = typename Acc<T>::type>
 __device__ __forceinline__ void do_pack(const Op& op, const T* a, const T* b, T* out, int64_t out_step,
-                                        int64_t in_step_a, int64_t in_step_b, int valid, bool vec, A mean,
+                                        int64_t in_step_a, int64_t in_step_b, int valid, int width, A mean,
                                         A scale, A* acc) {
   constexpr int V = Pack<T>::kSize;
-  if (vec && valid == V) {
-    const Pack<T> pa = *reinterpret_cast<const Pack<T>*>(a);
-    const Pack<T> pb = *reinterpret_cast<const Pack<T>*>(b);
+  if (width && valid == V) {
+    const Pack<T> pa = load_pack(a, width);
+    const Pack<T> pb = load_pack(b, width);
     Pack<T> po;
 #pragma unroll
     for (int e = 0; e < V; ++e) po.v[e] = narrow<T>(op.apply(widen(pa.v[e]), widen(pb.v[e]), mean, scale, acc));
-    if (out) *reinterpret_cast<Pack<T>*>(out) = po;
+    if (out) store_pack(out, po, width);
   } else {
     for (int e = 0; e < valid; ++e) {
       const A o = op.apply(widen(a[e * in_step_a]), widen(b[e * in_step_b]), mean, scale, acc);
@@ -147,7 +193,7 @@ __device__ __forceinline__ void do_pack(const Op& op, const T* a, const T* b, T*
 
 template <typename T, typename Op, int G>
 __global__ void __launch_bounds__(kThreads)
-    channels_first_kernel(Geometry g, Op op, Ptrs<T> p, int64_t chunk, int64_t splits, bool vec) {
+    channels_first_kernel(Geometry g, Op op, Ptrs<T> p, int64_t chunk, int64_t splits, int width) {
   using A = typename Acc<T>::type;
   constexpr int V = Pack<T>::kSize;
   constexpr int NA = Op::kAcc;
@@ -170,7 +216,7 @@ __global__ void __launch_bounds__(kThreads)
     const int64_t begin = split * chunk, end = min64(g.P, begin + chunk);
     for (int64_t i = begin + static_cast<int64_t>(lane) * V; i < end; i += static_cast<int64_t>(G) * V) {
       const int valid = static_cast<int>(min64(V, end - i));
-      do_pack<T>(op, pa + i, pb + i, po ? po + i : nullptr, 1, 1, 1, valid, vec, mean, scale, acc);
+      do_pack<T>(op, pa + i, pb + i, po ? po + i : nullptr, 1, 1, 1, valid, width, mean, scale, acc);
     }
   }
   // Combine the G lanes of a row: butterfly within the warp (every lane ends with the same sum).
@@ -207,7 +253,7 @@ __global__ void __launch_bounds__(kThreads)
 template <typename T, typename Op>
 __global__ void __launch_bounds__(kThreads)
     channels_last_kernel(Geometry g, Op op, Ptrs<T> p, int cx_count, int py_count, int64_t tiles, int64_t chunk,
-                         int64_t splits, bool vec) {
+                         int64_t splits, int width) {
   using A = typename Acc<T>::type;
   constexpr int V = Pack<T>::kSize;
   constexpr int NA = Op::kAcc;
@@ -238,13 +284,13 @@ __global__ void __launch_bounds__(kThreads)
       const T* ra = pa + q * g.a_p;
       const T* rb = pb + q * g.b_p;
       T* ro = po ? po + q * g.o_p : nullptr;
-      if (vec && valid == V) {
-        const Pack<T> va = *reinterpret_cast<const Pack<T>*>(ra);
-        const Pack<T> vb = *reinterpret_cast<const Pack<T>*>(rb);
+      if (width && valid == V) {
+        const Pack<T> va = load_pack(ra, width);
+        const Pack<T> vb = load_pack(rb, width);
         Pack<T> vo;
 #pragma unroll
         for (int e = 0; e < V; ++e) vo.v[e] = narrow<T>(op.apply(widen(va.v[e]), widen(vb.v[e]), mean[e], scale[e], acc[e]));
-        if (ro) *reinterpret_cast<Pack<T>*>(ro) = vo;
+        if (ro) store_pack(ro, vo, width);
       } else {
 #pragma unroll
         for (int e = 0; e < V; ++e) {
@@ -348,16 +394,24 @@ Config configure(const Geometry& g, int64_t V) {
 int64_t elem_size(DType d) { return d == kF64 ? 8 : d == kF32 ? 4 : 2; }
 int num_acc(OpKind op) { return op == kBatchNorm ? 2 : 1; }
 
-bool aligned16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; }
-
-// 16-byte loads are used only when every row (and pack) of every tensor starts aligned.
-bool vector_ok(const Geometry& g, const Args& args, int64_t V) {
-  const bool ptrs = aligned16(args.a) && aligned16(args.b) && (!args.out || aligned16(args.out));
-  const bool rows = g.channels_last ? (g.a_n % V == 0 && g.a_p % V == 0 && g.b_n % V == 0 && g.b_p % V == 0 &&
-                                       (!args.out || (g.o_n % V == 0 && g.o_p % V == 0)))
-                                    : (g.a_n % V == 0 && g.a_c % V == 0 && g.b_n % V == 0 && g.b_c % V == 0 &&
-                                       (!args.out || (g.o_n % V == 0 && g.o_c % V == 0)));
-  return ptrs && rows;
+// Bytes per access of a whole pack: the widest of 16, 8 and 4 (not below the element size) that the
+// pointers and the strides (in bytes) of every tensor are multiples of, so that every row starts aligned
+// (packs start at multiples of 16 bytes within a row); 0: element by element. Strides of dims of size 1
+// are never used, so they do not count. (benchmarks/aot_cuda.py asks this and configure() how the
+// benchmark shapes launch, through a host-only probe that includes this file: keep their signatures.)
+int load_width(const Geometry& g, const Args& args, int64_t elem) {
+  uintptr_t bits = reinterpret_cast<uintptr_t>(args.a) | reinterpret_cast<uintptr_t>(args.b) |
+                   reinterpret_cast<uintptr_t>(args.out);
+  const auto stride = [&](int64_t size, int64_t s) {
+    if (size > 1) bits |= static_cast<uintptr_t>(s * elem);
+  };
+  const int64_t R = g.channels_last ? g.P : g.C;  // rows per example besides n
+  stride(g.N, g.a_n), stride(g.N, g.b_n);
+  stride(R, g.channels_last ? g.a_p : g.a_c), stride(R, g.channels_last ? g.b_p : g.b_c);
+  if (args.out) stride(g.N, g.o_n), stride(R, g.channels_last ? g.o_p : g.o_c);
+  for (int w = 16; w >= 4 && w >= elem; w /= 2)
+    if (bits % w == 0) return w;
+  return 0;
 }
 
 template <typename T, typename Op>
@@ -368,19 +422,19 @@ cudaError_t run(const Geometry& g, const Op& op, const Args& args, cudaStream_t 
   Ptrs<T> p{static_cast<const T*>(args.a),   static_cast<const T*>(args.b),     static_cast<T*>(args.out),
             static_cast<const A*>(args.mean), static_cast<const A*>(args.scale), static_cast<const A*>(args.shift),
             static_cast<A*>(args.s),          static_cast<A*>(args.workspace)};
-  const bool vec = vector_ok(g, args, V);
+  const int width = load_width(g, args, sizeof(T));
   const dim3 grid(static_cast<unsigned>(k.blocks), static_cast<unsigned>(k.splits));
   if (!g.channels_last) {
     if (k.group == 8)
-      channels_first_kernel<T, Op, 8><<<grid, kThreads, 0, stream>>>(g, op, p, k.chunk, k.splits, vec);
+      channels_first_kernel<T, Op, 8><<<grid, kThreads, 0, stream>>>(g, op, p, k.chunk, k.splits, width);
     else if (k.group == 32)
-      channels_first_kernel<T, Op, 32><<<grid, kThreads, 0, stream>>>(g, op, p, k.chunk, k.splits, vec);
+      channels_first_kernel<T, Op, 32><<<grid, kThreads, 0, stream>>>(g, op, p, k.chunk, k.splits, width);
     else
-      channels_first_kernel<T, Op, 256><<<grid, kThreads, 0, stream>>>(g, op, p, k.chunk, k.splits, vec);
+      channels_first_kernel<T, Op, 256><<<grid, kThreads, 0, stream>>>(g, op, p, k.chunk, k.splits, width);
   } else {
     const size_t smem = static_cast<size_t>(k.cx) * k.py * V * Op::kAcc * sizeof(A);
     channels_last_kernel<T, Op><<<grid, k.cx * k.py, smem, stream>>>(g, op, p, k.cx, k.py, k.tiles, k.chunk,
-                                                                      k.splits, vec);
+                                                                      k.splits, width);
   }
   cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess || k.splits == 1) return err;

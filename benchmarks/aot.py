@@ -1,0 +1,415 @@
+"""Ahead-of-time checks of the GPU kernels, without a GPU.
+
+    PYTHONPATH=. python -m benchmarks.aot --out DIR                     # Triton kernels, installed Triton
+    PYTHONPATH=. python -m benchmarks.aot --out DIR --also-triton PATH  # and a second Triton found at PATH
+    PYTHONPATH=. python -m benchmarks.aot --out DIR --cuda              # and the CUDA extension's kernels
+
+Every Triton kernel is compiled the way its JIT would compile it on a GPU: the ops run on CPU tensors of
+the benchmark models' real shapes (ResNet-50 stages at batch 128 in NCHW and channels_last, Llama-2-7B
+MLP and attention tensors, odd shapes) with the launch recorded instead of run; the recorded arguments
+get the JIT's own specialisation (``native_specialize_impl``: integers divisible by 16 and 16-byte
+aligned pointers are marked, integers equal to 1 become constants) and the launch heuristics see the
+multiprocessor count of a representative device of the architecture. Each unique specialisation is
+compiled for sm_80, sm_86, sm_89 and sm_90 (``triton.compile`` with a ``GPUTarget``; Triton's wheel
+ships ``ptxas``), and measured:
+
+* ``regs``, ``spills`` (local memory bytes per thread: Triton kernels have no local arrays, so local
+  memory is spilled registers), ``shared_bytes``, from ``cuobjdump --dump-resource-usage``;
+* ``occupancy_warps``: resident warps per multiprocessor from registers, shared memory and the
+  architecture's limits;
+* ``global_loads`` / ``vector_loads_128b``: ``ld.global`` instructions in the PTX and how many are
+  16 bytes wide; ``load_bits`` / ``store_bits``: the narrowest access to a *streamed* tensor (the
+  activations and gradients, found through the PTX line table: per-channel parameters do not count);
+* ``allowed_bits``: the widest access the tensors' layout allows, and ``reason`` when it is below 128.
+
+Targets (``misses``; the command exits 1 when one is missed, so CI fails): no spills; streamed tensors
+read and written with ``allowed_bits`` everywhere (128 unless the layout forbids it: then the reason
+says why). Writes ``DIR/aot.json`` (rows) and ``DIR/aot.md`` (summary and misses).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from unittest import mock
+
+import torch
+
+# Representative device per architecture: (multiprocessors, max resident warps, register file, shared
+# memory per SM in bytes, max resident blocks). A100, RTX 3090, RTX 4090, H100 SXM / H200.
+ARCHS = {
+    "sm_80": (108, 64, 65536, 164 * 1024, 32),
+    "sm_86": (82, 48, 65536, 100 * 1024, 16),
+    "sm_89": (128, 48, 65536, 100 * 1024, 24),
+    "sm_90": (132, 64, 65536, 228 * 1024, 32),
+}
+# the tensors streamed through a kernel (read: activations, gradients and, by fold_criteria, s; written:
+# the gradients a fused backward produces) as the kernels name them in tl.load / tl.store
+STREAMED = {"ld": {"x_ptr", "dx_ptr", "z_ptr", "dy_ptr", "r_ptr", "dr_ptr", "s_ptr"}, "st": {"dz_ptr", "dx_ptr", "out"}}
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+@dataclass(frozen=True)
+class Case:
+    """One tensor the taps reduce: ``shape`` is ``[N, C, H, W]`` (``layout`` nchw / channels_last) or
+    ``[B, T, C]`` / ``[N, C]`` (``tokens``: channel dim last)."""
+
+    model: str
+    shape: tuple
+    dtype: str
+    layout: str
+
+    @property
+    def channel_dim(self) -> int:
+        return -1 if self.layout == "tokens" else 1
+
+    def tensor(self) -> torch.Tensor:
+        # torch.empty leaves the pages untouched: a 400 MB activation costs address space, not memory
+        t = torch.empty(self.shape, dtype=DTYPES[self.dtype])
+        return t.contiguous(memory_format=torch.channels_last) if self.layout == "channels_last" else t
+
+
+RESNET50 = [(64, 112), (64, 56), (256, 56), (128, 56), (128, 28), (512, 28), (256, 28), (256, 14), (1024, 14),
+            (512, 14), (512, 7), (2048, 7)]  # fmt: skip
+ODD = [(3, 7), (24, 13)]
+
+
+def cases(quick: bool = False) -> list[Case]:
+    """Every benchmark shape: ResNet-50 at batch 128 (bf16 and fp32, NCHW and channels_last), the
+    Llama-2-7B MLP and attention tensors at batch 4 x 2048 tokens (bf16), and odd shapes."""
+    out = []
+    resnet = RESNET50[-4:] if quick else RESNET50
+    for dtype in ("bf16", "fp32"):
+        for layout in ("nchw", "channels_last"):
+            out += [Case("resnet50", (128, c, hw, hw), dtype, layout) for c, hw in resnet]
+            out += [Case("odd", (8, c, hw, hw), dtype, layout) for c, hw in ODD]
+    for width in (11008, 4096):
+        out.append(Case("llama-2-7b", (4, 2048, width), "bf16", "tokens"))
+    out += [Case("vgg19_bn", (64, 4096), dtype, "tokens") for dtype in ("bf16", "fp32")]  # classifier [N, C]
+    out += [Case("odd", (8, 77, 768), "bf16", "tokens"), Case("odd", (8, 1000), "fp32", "tokens")]
+    return out
+
+
+@dataclass
+class Launch:
+    op: str
+    kernel: object  # the JITFunction
+    args: tuple
+    kwargs: dict
+    allowed_bits: int
+    reason: str
+
+
+def allowed(case: Case, view: torch.Tensor) -> tuple[int, str]:
+    """The target access width (bits) for ``case`` and, below 128, why. Decided from the layout alone,
+    not from which kernel the launcher picks: runs of the contiguous dim that are 16-byte aligned allow 128;
+    so does a contiguous benchmark tensor whose rows are not (streamed as whole runs of rows: that is what
+    the row-group kernels are for); elsewhere (odd shapes, strided views) the rows' alignment."""
+    from rgprune_fast.backends.triton import common
+
+    itemsize = view.element_size()
+    n, c, p = view.shape
+    contiguous_c = common.channels_contiguous(view)
+    run = c if contiguous_c else p  # elements of one contiguous run
+    if run * itemsize % 16 == 0 or (case.model != "odd" and view.is_contiguous()):
+        return 128, ""
+    align = common.alignment(run * itemsize)
+    dim = "channels" if contiguous_c else "positions"
+    why = f"runs of {run} {dim} ({run * itemsize} B) are {align}-byte aligned"
+    if not contiguous_c and view.is_contiguous() and p > 1:
+        r = 16 // align
+        why += f"; row groups need {r} rows dividing C={c} and short rows" if c % r else "; rows too long for a group"
+    return min(128, 8 * align), why
+
+
+def record(case: Case, sms: int) -> list[Launch]:
+    """The launches the ops make for ``case`` on a device with ``sms`` multiprocessors."""
+    from rgprune_fast.backends.contract import RunningSums
+    from rgprune_fast.backends.triton import batchnorm_stats, channel_stats, common, fold_criteria, relu_stats
+
+    launches: list[Launch] = []
+    current = {}
+
+    class Recorder:
+        def __init__(self, kernel):
+            self.kernel = kernel
+
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                launches.append(Launch(current["op"], self.kernel, args, kwargs, *current["allowed"]))
+
+            return launch
+
+    x = case.tensor()
+    view = common.as_ncp(x, case.channel_dim)
+    c = view.shape[1]
+    s = torch.empty(view.shape[:2], dtype=torch.float32)
+    sums = RunningSums(torch.empty(c), torch.empty(c, dtype=torch.int64), torch.empty(c), torch.empty(c), None)
+    ops = [("channel_stats", lambda: channel_stats.channel_stats_op(x, x, case.channel_dim, 0))]
+    if case.channel_dim == 1:
+        p = torch.empty(c)
+        ops += [(f"batchnorm_stats need_dz={need}", lambda need=need: batchnorm_stats.batchnorm_stats_op(
+            x, x, p, p, p, need, 0)) for need in (True, False)]  # fmt: skip
+    ops += [(f"relu_stats need_dx={need}", lambda need=need: relu_stats.relu_stats_op(
+        x, x, 0.0, False, case.channel_dim, need, 0)) for need in (True, False)]  # fmt: skip
+    ops.append(("fold_criteria", lambda: fold_criteria.fold_criteria(s, 0, sums)))
+    with mock.patch.object(common, "launcher", Recorder), mock.patch.object(common, "multiprocessors", lambda d: sms):
+        for op, run in ops:
+            current["op"] = op
+            current["allowed"] = (128, "") if op == "fold_criteria" else allowed(case, view)
+            run()
+    return launches
+
+
+def specialise(launch: Launch):
+    """``(signature, constexprs, attrs, options)`` exactly as the JIT derives them from the arguments."""
+    from triton._C.libtriton import native_specialize_impl
+    from triton.backends.compiler import BaseBackend
+
+    kernel = launch.kernel
+    options = {k: launch.kwargs[k] for k in ("num_warps", "num_stages") if k in launch.kwargs}
+    values = dict(zip(kernel.arg_names, launch.args))
+    values.update({k: v for k, v in launch.kwargs.items() if k not in options})
+    signature, constexprs, attrs = {}, {}, {}
+    for i, (name, param) in enumerate(zip(kernel.arg_names, kernel.params)):
+        value = values[name]
+        if param.is_constexpr:
+            signature[name], constexprs[name] = "constexpr", value
+            continue
+        kind, key = native_specialize_impl(BaseBackend, value, False, True, True)[:2]
+        if kind == "constexpr":
+            signature[name], constexprs[name] = "constexpr", key
+            continue
+        signature[name] = kind
+        if key == "D":
+            attrs[(i,)] = [["tt.divisibility", 16]]
+    return signature, constexprs, attrs, options
+
+
+def triton_bin(tool: str) -> str:
+    import triton
+
+    return str(Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / tool)
+
+
+ACCESS = re.compile(r"\b(ld|st)\.global((?:\.[\w:]+)*)")
+LOC = re.compile(r"^\s*\.loc\s+(\d+)\s+(\d+)")
+FILE = re.compile(r'^\s*\.file\s+(\d+)\s+"([^"]+)"')
+NAMED = re.compile(r"tl\.(load|store)\((\w+)")
+
+
+def access_bits(suffixes: str) -> int:
+    parts = suffixes.split(".")
+    vec = 4 if "v4" in parts else 2 if "v2" in parts else 1
+    bits = next((int(p[1:]) for p in reversed(parts) if re.fullmatch(r"[bufs]\d+", p)), 32)
+    return vec * bits
+
+
+def ptx_accesses(ptx: str) -> list[tuple[str, str | None, int]]:
+    """``(ld|st, pointer name or None, bits)`` per global access, the pointer named through the line
+    table (the ``tl.load(name ...`` / ``tl.store(name ...`` on the kernel's source line)."""
+    files = {m.group(1): m.group(2) for line in ptx.splitlines() if (m := FILE.match(line))}  # listed last
+    loc, out, sources = None, [], {}
+    for line in ptx.splitlines():
+        if m := LOC.match(line):
+            loc = (m.group(1), int(m.group(2)))
+        elif m := ACCESS.search(line):
+            name = None
+            if loc and loc[0] in files:
+                path = files[loc[0]]
+                if path not in sources:
+                    sources[path] = Path(path).read_text().splitlines() if Path(path).exists() else []
+                text = sources[path][loc[1] - 1] if loc[1] <= len(sources[path]) else ""
+                if named := NAMED.search(text):
+                    name = named.group(2)
+            out.append((m.group(1), name, access_bits(m.group(2))))
+    return out
+
+
+def resource_usage(cubin: bytes) -> dict:
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        text = subprocess.run([triton_bin("cuobjdump"), "--dump-resource-usage", f.name], capture_output=True,
+                              text=True, check=True).stdout  # fmt: skip
+    fields = dict(re.findall(r"(\w+):(\d+)", text.splitlines()[-1]))
+    return {k: int(fields.get(k, 0)) for k in ("REG", "SHARED", "LOCAL", "STACK")}
+
+
+def occupancy_warps(arch: str, regs: int, shared: int, num_warps: int) -> int:
+    """Resident warps per multiprocessor (the CUDA occupancy calculator's rules for these limits)."""
+    _, max_warps, regfile, smem, max_blocks = ARCHS[arch]
+    regs_per_warp = -(-max(regs, 1) * 32 // 256) * 256
+    blocks = min(max_blocks, max_warps // num_warps, regfile // (regs_per_warp * num_warps))
+    if shared:
+        blocks = min(blocks, smem // (shared + 1024))  # 1 KB per block reserved by the driver
+    return blocks * num_warps
+
+
+class Compiler:
+    """Compiles each unique specialisation once per architecture and measures it."""
+
+    def __init__(self):
+        self.cache: dict = {}
+
+    def measure(self, launch: Launch, arch: str) -> dict:
+        import triton
+        from triton.backends.compiler import GPUTarget
+        from triton.compiler import ASTSource
+
+        signature, constexprs, attrs, options = specialise(launch)
+        key = (launch.kernel.__name__, repr(sorted(signature.items())), repr(sorted(constexprs.items(), key=str)),
+               repr(sorted(attrs)), repr(sorted(options.items())), arch)  # fmt: skip
+        if key not in self.cache:
+            src = ASTSource(launch.kernel, signature, constexprs, attrs)
+            compiled = triton.compile(src, target=GPUTarget("cuda", int(arch[3:]), 32), options=options)
+            usage = resource_usage(compiled.asm["cubin"])
+            num_warps = compiled.metadata.num_warps
+            shared = compiled.metadata.shared + usage["SHARED"]
+            accesses = ptx_accesses(compiled.asm["ptx"])
+            loads = [bits for kind, _, bits in accesses if kind == "ld"]
+            streamed = [(kind, bits) for kind, name, bits in accesses if name in STREAMED[kind]]
+            self.cache[key] = {
+                "config": f"num_warps={num_warps} "
+                + " ".join(f"{k}={v}" for k, v in constexprs.items() if k.isupper() and k != "ACC"),
+                "regs": usage["REG"],
+                "spills": usage["LOCAL"] + usage["STACK"],
+                "shared_bytes": shared,
+                "occupancy_warps": occupancy_warps(arch, usage["REG"], shared, num_warps),
+                "global_loads": len(loads),
+                "vector_loads_128b": sum(bits == 128 for bits in loads),
+                "load_bits": min((b for k, b in streamed if k == "ld"), default=None),
+                "store_bits": min((b for k, b in streamed if k == "st"), default=None),
+            }
+        return self.cache[key]
+
+
+def triton_rows(archs: list[str], quick: bool = False, progress=print, only: list[Case] | None = None) -> list[dict]:
+    """The rows of every case (``only``: these cases) on every architecture."""
+    import triton
+
+    compiler = Compiler()
+    rows = []
+    for arch in archs:
+        started = time.monotonic()
+        for case in only if only is not None else cases(quick):
+            for launch in record(case, ARCHS[arch][0]):
+                m = compiler.measure(launch, arch)
+                kernel = launch.kernel.__name__
+                # fold_criteria reads s[N, C] with one element per channel: its width is not a target
+                allowed_bits = 32 if kernel == "fold_criteria_kernel" else launch.allowed_bits
+                reason = "one fp32 per channel per example" if kernel == "fold_criteria_kernel" else launch.reason
+                rows.append({
+                    "backend": "triton", "triton": triton.__version__, "kernel": kernel, "op": launch.op,
+                    "model": case.model, "dtype": case.dtype, "layout": case.layout, "shape": list(case.shape),
+                    "arch": arch, **m, "allowed_bits": allowed_bits, "reason": reason,
+                })  # fmt: skip
+        progress(f"  triton {triton.__version__} {arch}: {len(compiler.cache)} compiled so far, "
+                 f"{time.monotonic() - started:.0f} s", flush=True)  # fmt: skip
+    return rows
+
+
+def misses(rows: list[dict]) -> list[str]:
+    """The targets a row misses, one line each."""
+    out = []
+    for r in (r for r in rows if r["backend"] == "triton"):  # the CUDA rows: aot_cuda.cuda_misses
+        where = " ".join(
+            str(r.get(k, "")) for k in ("backend", "triton", "kernel", "op", "dtype", "layout", "shape", "arch")
+        )
+        if r["spills"]:
+            out.append(f"{where}: {r['spills']} bytes of spills")
+        for what in ("load_bits", "store_bits"):
+            bits = r.get(what)
+            if bits is not None and bits < r["allowed_bits"]:
+                out.append(f"{where}: {what} {bits} < {r['allowed_bits']} the layout allows")
+        if r.get("load_bits") is None and r["kernel"] != "fold_criteria_kernel":
+            out.append(f"{where}: no streamed load found in the PTX line table")
+    return out
+
+
+def markdown(rows: list[dict], missed: list[str]) -> str:
+    lines = ["# Ahead-of-time kernel report", "", f"{len(rows)} rows; targets missed: {len(missed)}", ""]
+    lines += ["| backend | kernel | dtype | layout | shape | arch | regs | spills | occupancy (warps) | "
+              "load / store bits | allowed | reason |", "|" + "---|" * 12]  # fmt: skip
+    seen = set()
+    for r in rows:
+        key = (r["backend"], r.get("triton"), r["kernel"], r.get("op"), r["dtype"], r["layout"], r["arch"],
+               r.get("load_bits"), r.get("store_bits"), r["regs"])  # fmt: skip
+        if key in seen:
+            continue
+        seen.add(key)
+        shape = "x".join(map(str, r["shape"]))
+        name = f"{r['kernel']} ({r.get('op', r.get('config', ''))})" + (
+            f" triton {r['triton']}" if r.get("triton") else ""
+        )
+        lines.append(f"| {r['backend']} | {name} | {r['dtype']} | {r['layout']} | {shape} | {r['arch']} | "
+                     f"{r['regs']} | {r['spills']} | {r['occupancy_warps']} | {r.get('load_bits')} / "
+                     f"{r.get('store_bits')} | {r['allowed_bits']} | {r['reason']} |")  # fmt: skip
+    lines += ["", "Rows with the same kernel, dtype, layout, arch and result are shown once (aot.json has all).", ""]
+    if missed:
+        lines += ["## Missed targets", ""] + [f"- {m}" for m in missed]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--archs", default=",".join(ARCHS), help="comma-separated, from " + ", ".join(ARCHS))
+    ap.add_argument("--quick", action="store_true", help="the last four ResNet-50 stages only")
+    ap.add_argument("--also-triton", type=Path, help="a folder holding a second triton package (pip --target)")
+    ap.add_argument("--cuda", action="store_true", help="also the CUDA extension's kernels (needs nvcc)")
+    ap.add_argument("--rows-only", action="store_true", help=argparse.SUPPRESS)  # the second-Triton subprocess
+    args = ap.parse_args(argv)
+    archs = [a for a in args.archs.split(",") if a]
+    unknown = [a for a in archs if a not in ARCHS]
+    if unknown:
+        ap.error(f"unknown arch {', '.join(unknown)}; known: {', '.join(ARCHS)}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    with contextlib.ExitStack() as stack:
+        second = None
+        if args.also_triton:  # compiled by a second process at the same time (compiling is single-threaded)
+            tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+            path = os.pathsep.join([str(args.also_triton.resolve()), os.getcwd(), os.environ.get("PYTHONPATH", "")])
+            cmd = [sys.executable, "-m", "benchmarks.aot", "--out", str(tmp), "--archs", args.archs, "--rows-only"]
+            second = subprocess.Popen(cmd + (["--quick"] if args.quick else []), env={**os.environ, "PYTHONPATH": path})
+        rows = triton_rows(archs, args.quick)
+        if args.rows_only:
+            (args.out / "rows.json").write_text(json.dumps(rows))
+            return 0
+        if second is not None:
+            if second.wait() != 0:
+                raise SystemExit(f"aot: the run with the Triton at {args.also_triton} failed ({second.returncode})")
+            rows += json.loads((tmp / "rows.json").read_text())
+    if args.cuda:
+        from .aot_cuda import cuda_rows
+
+        rows += cuda_rows(archs)
+    missed = misses(rows)
+    if args.cuda:
+        from .aot_cuda import cuda_misses
+
+        missed += cuda_misses([r for r in rows if r["backend"] == "cuda"])
+    (args.out / "aot.json").write_text(json.dumps(rows, indent=1))
+    (args.out / "aot.md").write_text(markdown(rows, missed))
+    versions = sorted({r.get("triton") for r in rows if r.get("triton")})
+    print(f"aot: {len(rows)} rows (triton {', '.join(versions)}{', cuda' if args.cuda else ''}) for "
+          f"{', '.join(archs)} in {time.monotonic() - started:.0f} s; {len(missed)} targets missed; "
+          f"wrote {args.out}/aot.json, aot.md")  # fmt: skip
+    for m in missed[:50]:
+        print("MISSED:", m)
+    return 1 if missed else 0
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(BrokenPipeError):
+        sys.exit(main())
