@@ -15,7 +15,7 @@ import triton
 import triton.language as tl
 
 from . import common
-from .common import downcast, program_tile, row_group_tile, store_partial, tile_offsets
+from .common import downcast, program_tile, row_group_at, row_group_tile, store_partial, store_rows, tile_offsets
 
 
 @triton.jit
@@ -56,14 +56,11 @@ def batchnorm_stats_rows_kernel(
     channel_of = tl.minimum(local // P, R - 1)  # past R * P: any row (those elements are masked off)
     first = tl.program_id(0) * groups_per_program
     for i in range(0, groups_per_program):
-        g = first + i
-        live = g < groups
-        c = (g.to(tl.int64) * R) % C + rows  # R divides C: the group's channels
+        base, ok, live = row_group_at(first + i, groups, local, P, R)
+        c = ((first + i).to(tl.int64) * R) % C + rows  # R divides C: the group's channels
         mean = tl.load(mean_ptr + c, mask=live, other=0.0).to(ACC)
         scale = tl.load(scale_ptr + c, mask=live, other=0.0).to(ACC)
         shift = tl.load(shift_ptr + c, mask=live, other=0.0).to(ACC)
-        base = g.to(tl.int64) * (R * P)  # a multiple of 16 bytes
-        ok = (local < R * P) & live
         z = tl.load(z_ptr + base + local, mask=ok, other=0.0).to(ACC)
         dy = tl.load(dy_ptr + base + local, mask=ok, other=0.0).to(ACC)
         mean_at = tl.gather(mean, channel_of, 0)  # each element's channel's value
@@ -72,7 +69,7 @@ def batchnorm_stats_rows_kernel(
         if NEED_DZ:
             scale_at = tl.gather(scale, channel_of, 0)
             tl.store(dz_ptr + base + local, downcast(dy * scale_at, dz_ptr.dtype.element_ty), mask=ok)
-        tl.store(s_ptr + g.to(tl.int64) * R + rows, scale * centred_dot + shift * dy_sum, mask=(rows < R) & live)
+        store_rows(s_ptr, first + i, rows, scale * centred_dot + shift * dy_sum, live, R)
 
 
 def batchnorm_stats_op(

@@ -13,7 +13,7 @@ import triton
 import triton.language as tl
 
 from . import common
-from .common import program_tile, row_group_tile, store_partial, tile_offsets
+from .common import program_tile, row_group_at, row_group_tile, store_partial, store_rows, tile_offsets
 
 
 @triton.jit
@@ -43,13 +43,10 @@ def channel_stats_rows_kernel(
     local, hot, rows = row_group_tile(P, R, FLAT)
     first = tl.program_id(0) * groups_per_program
     for i in range(0, groups_per_program):
-        g = first + i
-        base = g.to(tl.int64) * (R * P)  # a multiple of 16 bytes
-        ok = (local < R * P) & (g < groups)
+        base, ok, live = row_group_at(first + i, groups, local, P, R)
         x = tl.load(x_ptr + base + local, mask=ok, other=0.0).to(ACC)
         dx = tl.load(dx_ptr + base + local, mask=ok, other=0.0).to(ACC)
-        s = tl.sum(tl.where(hot, (x * dx)[:, None], 0.0), axis=0)
-        tl.store(s_ptr + g.to(tl.int64) * R + rows, s, mask=(rows < R) & (g < groups))
+        store_rows(s_ptr, first + i, rows, tl.sum(tl.where(hot, (x * dx)[:, None], 0.0), axis=0), live, R)
 
 
 def channel_stats_op(x: torch.Tensor, dx: torch.Tensor, channel_dim: int, split: int) -> torch.Tensor:

@@ -88,6 +88,20 @@ def row_group_tile(P: tl.constexpr, R: tl.constexpr, FLAT: tl.constexpr):
 
 
 @triton.jit
+def row_group_at(g, groups, local, P: tl.constexpr, R: tl.constexpr):
+    """Group ``g``'s first element (a multiple of 16 bytes: ``R * P * itemsize`` is), the mask of its
+    elements, and whether it exists (the last program's last groups may not)."""
+    live = g < groups
+    return g.to(tl.int64) * (R * P), (local < R * P) & live, live
+
+
+@triton.jit
+def store_rows(s_ptr, g, rows, s, live, R: tl.constexpr):
+    """The ``R`` row sums of group ``g`` into ``s`` (``[N * C]``, one per row)."""
+    tl.store(s_ptr + g.to(tl.int64) * R + rows, s, mask=(rows < R) & live)
+
+
+@triton.jit
 def store_partial(partial_ptr, s, n, c, c_ok, split, C):
     """One partial sum per channel into the ``[N, C, SPLIT]`` buffer (second stage: finish_split)."""
     tl.store(partial_ptr + (n * C + c) * tl.num_programs(2) + split, s, mask=c_ok)

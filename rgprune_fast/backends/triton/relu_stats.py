@@ -12,7 +12,7 @@ import triton
 import triton.language as tl
 
 from . import common
-from .common import program_tile, row_group_tile, store_partial, tile_offsets
+from .common import program_tile, row_group_at, row_group_tile, store_partial, store_rows, tile_offsets
 
 
 @triton.jit
@@ -54,16 +54,14 @@ def relu_stats_rows_kernel(
     local, hot, rows = row_group_tile(P, R, FLAT)
     first = tl.program_id(0) * groups_per_program
     for i in range(0, groups_per_program):
-        g = first + i
-        base = g.to(tl.int64) * (R * P)  # a multiple of 16 bytes
-        ok = (local < R * P) & (g < groups)
+        base, ok, live = row_group_at(first + i, groups, local, P, R)
         r = tl.load(r_ptr + base + local, mask=ok, other=0.0)
         dr = tl.load(dr_ptr + base + local, mask=ok, other=0.0)
         dx = relu_backward(r, dr, upper, HAS_UPPER)
         if NEED_DX:
             tl.store(dx_ptr + base + local, dx, mask=ok)
         s = tl.sum(tl.where(hot, (r.to(ACC) * dx.to(ACC))[:, None], 0.0), axis=0)
-        tl.store(s_ptr + g.to(tl.int64) * R + rows, s, mask=(rows < R) & (g < groups))
+        store_rows(s_ptr, first + i, rows, s, live, R)
 
 
 def relu_stats_op(
