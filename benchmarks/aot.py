@@ -55,6 +55,9 @@ ARCHS = {
 # the tensors streamed through a kernel (read: activations, gradients and, by fold_criteria, s; written:
 # the gradients a fused backward produces) as the kernels name them in tl.load / tl.store
 STREAMED = {"ld": {"x_ptr", "dx_ptr", "z_ptr", "dy_ptr", "r_ptr", "dr_ptr", "s_ptr"}, "st": {"dz_ptr", "dx_ptr", "out"}}
+# per-channel parameters, statistics and running sums: accessed, not streamed
+OTHERS = {"mean_ptr", "scale_ptr", "shift_ptr", "s_ptr", "partial_ptr", "first_bad_ptr", "sum_s_ptr", "sum_abs_ptr",
+          "sum_sq_ptr", "sum_batch_sq_ptr"}  # fmt: skip
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
@@ -74,13 +77,13 @@ class Case:
 
     def tensor(self) -> torch.Tensor:
         # torch.empty leaves the pages untouched: a 400 MB activation costs address space, not memory
-        t = torch.empty(self.shape, dtype=DTYPES[self.dtype])
-        return t.contiguous(memory_format=torch.channels_last) if self.layout == "channels_last" else t
+        layout = torch.channels_last if self.layout == "channels_last" else torch.contiguous_format
+        return torch.empty(self.shape, dtype=DTYPES[self.dtype], memory_format=layout)
 
 
 RESNET50 = [(64, 112), (64, 56), (256, 56), (128, 56), (128, 28), (512, 28), (256, 28), (256, 14), (1024, 14),
             (512, 14), (512, 7), (2048, 7)]  # fmt: skip
-ODD = [(3, 7), (24, 13)]
+ODD = [(3, 7), (24, 13), (32, 13, 1)]  # (C, H[, W]): the last, rows of 13: groups of 16 rows, 1 warp
 
 
 def cases(quick: bool = False) -> list[Case]:
@@ -91,7 +94,7 @@ def cases(quick: bool = False) -> list[Case]:
     for dtype in ("bf16", "fp32"):
         for layout in ("nchw", "channels_last"):
             out += [Case("resnet50", (128, c, hw, hw), dtype, layout) for c, hw in resnet]
-            out += [Case("odd", (8, c, hw, hw), dtype, layout) for c, hw in ODD]
+            out += [Case("odd", (8, c, hw, w[0] if w else hw), dtype, layout) for c, hw, *w in ODD]
     for width in (11008, 4096):
         out.append(Case("llama-2-7b", (4, 2048, width), "bf16", "tokens"))
     out += [Case("vgg19_bn", (64, 4096), dtype, "tokens") for dtype in ("bf16", "fp32")]  # classifier [N, C]
@@ -109,25 +112,34 @@ class Launch:
     reason: str
 
 
-def allowed(case: Case, view: torch.Tensor) -> tuple[int, str]:
-    """The target access width (bits) for ``case`` and, below 128, why. Decided from the layout alone,
-    not from which kernel the launcher picks: runs of the contiguous dim that are 16-byte aligned allow 128;
-    so does a contiguous benchmark tensor whose rows are not (streamed as whole runs of rows: that is what
-    the row-group kernels are for); elsewhere (odd shapes, strided views) the rows' alignment."""
+def allowed(view: torch.Tensor) -> tuple[int, str]:
+    """The target access width (bits) for a tensor seen as ``view`` (``[N, C, P]``) and, below 128, why.
+    From the layout alone, not from the kernel the launcher picks: runs of the contiguous dim that are
+    16-byte aligned allow 128; so does a contiguous tensor whose rows are not, when whole runs of the
+    fewest rows that make 16 bytes fill a warp's 16-byte accesses, fit a program (``common.ROW_GROUP_CELLS``)
+    and do not leave an example (they divide C); elsewhere the rows' own alignment."""
     from rgprune_fast.backends.triton import common
 
     itemsize = view.element_size()
     n, c, p = view.shape
     contiguous_c = common.channels_contiguous(view)
     run = c if contiguous_c else p  # elements of one contiguous run
-    if run * itemsize % 16 == 0 or (case.model != "odd" and view.is_contiguous()):
+    align = 16 if run * itemsize % 16 == 0 else (run * itemsize) & -(run * itemsize)  # bytes; not the launcher's
+    if align == 16:
         return 128, ""
-    align = common.alignment(run * itemsize)
     dim = "channels" if contiguous_c else "positions"
     why = f"runs of {run} {dim} ({run * itemsize} B) are {align}-byte aligned"
     if not contiguous_c and view.is_contiguous() and p > 1:
-        r = 16 // align
-        why += f"; row groups need {r} rows dividing C={c} and short rows" if c % r else "; rows too long for a group"
+        r = 16 // align  # the fewest rows whose run is a multiple of 16 bytes
+        group = r * p * itemsize
+        if c % r == 0 and group >= 512 and (1 << (r * p - 1).bit_length()) * r <= common.ROW_GROUP_CELLS:
+            return 128, ""
+        if c % r:
+            why += f"; {r} rows do not divide C={c}"
+        elif group < 512:
+            why += f"; {r} rows ({group} B) are less than one warp's 16-byte accesses (512 B)"
+        else:
+            why += f"; {r} rows of {p} do not fit a program"
     return min(128, 8 * align), why
 
 
@@ -165,7 +177,7 @@ def record(case: Case, sms: int) -> list[Launch]:
     with mock.patch.object(common, "launcher", Recorder), mock.patch.object(common, "multiprocessors", lambda d: sms):
         for op, run in ops:
             current["op"] = op
-            current["allowed"] = (128, "") if op == "fold_criteria" else allowed(case, view)
+            current["allowed"] = allowed(view)
             run()
     return launches
 
@@ -241,8 +253,11 @@ def resource_usage(cubin: bytes) -> dict:
         f.flush()
         text = subprocess.run([triton_bin("cuobjdump"), "--dump-resource-usage", f.name], capture_output=True,
                               text=True, check=True).stdout  # fmt: skip
-    fields = dict(re.findall(r"(\w+):(\d+)", text.splitlines()[-1]))
-    return {k: int(fields.get(k, 0)) for k in ("REG", "SHARED", "LOCAL", "STACK")}
+    lines = [line for line in text.splitlines() if "REG:" in line]
+    if len(lines) != 1:
+        raise RuntimeError(f"cuobjdump --dump-resource-usage: expected one kernel's REG line, got:\n{text}")
+    fields = dict(re.findall(r"(\w+):(\d+)", lines[0]))
+    return {k: int(fields[k]) for k in ("REG", "SHARED", "LOCAL", "STACK")}
 
 
 def occupancy_warps(arch: str, regs: int, shared: int, num_warps: int) -> int:
@@ -278,6 +293,7 @@ class Compiler:
             accesses = ptx_accesses(compiled.asm["ptx"])
             loads = [bits for kind, _, bits in accesses if kind == "ld"]
             streamed = [(kind, bits) for kind, name, bits in accesses if name in STREAMED[kind]]
+            unknown = sorted({f"{kind} {name}" for kind, name, _ in accesses if name not in STREAMED[kind] | OTHERS})
             self.cache[key] = {
                 "config": f"num_warps={num_warps} "
                 + " ".join(f"{k}={v}" for k, v in constexprs.items() if k.isupper() and k != "ACC"),
@@ -289,6 +305,7 @@ class Compiler:
                 "vector_loads_128b": sum(bits == 128 for bits in loads),
                 "load_bits": min((b for k, b in streamed if k == "ld"), default=None),
                 "store_bits": min((b for k, b in streamed if k == "st"), default=None),
+                "unattributed": unknown,  # accesses the line table does not tie to a known pointer
             }
         return self.cache[key]
 
@@ -305,9 +322,9 @@ def triton_rows(archs: list[str], quick: bool = False, progress=print, only: lis
             for launch in record(case, ARCHS[arch][0]):
                 m = compiler.measure(launch, arch)
                 kernel = launch.kernel.__name__
-                # fold_criteria reads s[N, C] with one element per channel: its width is not a target
-                allowed_bits = 32 if kernel == "fold_criteria_kernel" else launch.allowed_bits
-                reason = "one fp32 per channel per example" if kernel == "fold_criteria_kernel" else launch.reason
+                allowed_bits, reason = launch.allowed_bits, launch.reason
+                if kernel == "fold_criteria_kernel":  # reads s[N, C] one fp32 per channel per thread: not a target
+                    allowed_bits, reason = 32, "one fp32 per channel per example"
                 rows.append({
                     "backend": "triton", "triton": triton.__version__, "kernel": kernel, "op": launch.op,
                     "model": case.model, "dtype": case.dtype, "layout": case.layout, "shape": list(case.shape),
@@ -333,11 +350,28 @@ def misses(rows: list[dict]) -> list[str]:
                 out.append(f"{where}: {what} {bits} < {r['allowed_bits']} the layout allows")
         if r.get("load_bits") is None and r["kernel"] != "fold_criteria_kernel":
             out.append(f"{where}: no streamed load found in the PTX line table")
+        if r.get("store_bits") is None and ("need_dz=True" in r["op"] or "need_dx=True" in r["op"]):
+            out.append(f"{where}: no streamed store found in the PTX line table")
+        if r.get("unattributed"):
+            out.append(f"{where}: accesses not tied to a known pointer: {', '.join(r['unattributed'])}")
     return out
 
 
-def markdown(rows: list[dict], missed: list[str]) -> str:
-    lines = ["# Ahead-of-time kernel report", "", f"{len(rows)} rows; targets missed: {len(missed)}", ""]
+def provenance(argv: list[str]) -> str:
+    """Commit, command and versions, for the report's head."""
+    import platform
+
+    import triton
+
+    from .common import commit
+
+    where = platform.processor() or "cpu"
+    command = f"python -m benchmarks.aot {' '.join(argv)}"
+    return f"Commit {commit()}; `{command}`; on {where}; torch {torch.__version__}, triton {triton.__version__}."
+
+
+def markdown(rows: list[dict], missed: list[str], head: str = "") -> str:
+    lines = ["# Ahead-of-time kernel report", "", head, "", f"{len(rows)} rows; targets missed: {len(missed)}", ""]
     lines += ["| backend | kernel | dtype | layout | shape | arch | regs | spills | occupancy (warps) | "
               "load / store bits | allowed | reason |", "|" + "---|" * 12]  # fmt: skip
     seen = set()
@@ -400,7 +434,7 @@ def main(argv: list[str] | None = None) -> int:
 
         missed += cuda_misses([r for r in rows if r["backend"] == "cuda"])
     (args.out / "aot.json").write_text(json.dumps(rows, indent=1))
-    (args.out / "aot.md").write_text(markdown(rows, missed))
+    (args.out / "aot.md").write_text(markdown(rows, missed, provenance(sys.argv[1:] if argv is None else argv)))
     versions = sorted({r.get("triton") for r in rows if r.get("triton")})
     print(f"aot: {len(rows)} rows (triton {', '.join(versions)}{', cuda' if args.cuda else ''}) for "
           f"{', '.join(archs)} in {time.monotonic() - started:.0f} s; {len(missed)} targets missed; "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import statistics
 import subprocess
 import time
@@ -76,6 +77,10 @@ def interleaved_medians(fns: dict[str, Callable[[], object]], repeats: int, warm
 
 
 def commit() -> str:
+    """The checkout's short commit (+dirty); ``RGPRUNE_COMMIT`` when set (a copy of the tree without .git, as on
+    the GPU machines)."""
+    if os.environ.get("RGPRUNE_COMMIT"):
+        return os.environ["RGPRUNE_COMMIT"]
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True)
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True)

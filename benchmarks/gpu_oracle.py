@@ -147,10 +147,11 @@ def checks(case, device: torch.device) -> list[tuple[str, Callable[[], None]]]:
     all_sums = ("s", "abs", "sq", "batch_sq")
     core.append(("fold_criteria float32 all sums", partial(tb.test_fold_criteria, case, f32, all_sums)))
 
-    if case.name == "triton":  # the wide-load designs (row groups, alignment declarations): new on a GPU
+    widths = []  # the wide-load designs (row groups, alignment declarations, CUDA pieces): after the models
+    if case.name == "triton":
         from rgprune_fast.backends.triton import common
 
-        widths = t.test_triton_load_widths
+        load_widths = t.test_triton_load_widths
 
         def poisoned(fn, *args):
             common.POISON_OUTPUTS = True  # the tests' fixture: an element a kernel forgets to write is NaN
@@ -159,15 +160,15 @@ def checks(case, device: torch.device) -> list[tuple[str, Callable[[], None]]]:
             finally:
                 common.POISON_OUTPUTS = False
 
-        for shape, dtype in widths.ROW_GROUP_CASES[:5]:
-            core.append((f"triton: row groups {shape_name(shape)} {short(dtype)}",
-                         partial(poisoned, widths.test_row_groups_match_the_reference, shape, dtype)))  # fmt: skip
-        for tiled in list(widths.tiled_cases())[:3]:
-            core.append((f"triton: tiled alignment, {tiled[0]}",
-                         partial(poisoned, widths.test_tiled_alignment_declarations, tiled)))  # fmt: skip
+        for shape, dtype in load_widths.ROW_GROUP_CASES[:5]:
+            widths.append((f"triton: row groups {shape_name(shape)} {short(dtype)}",
+                         partial(poisoned, load_widths.test_row_groups_match_the_reference, shape, dtype)))  # fmt: skip
+        for tiled in list(load_widths.tiled_cases())[:3]:
+            widths.append((f"triton: tiled alignment, {tiled[0]}",
+                         partial(poisoned, load_widths.test_tiled_alignment_declarations, tiled)))  # fmt: skip
     if case.name == "cuda":
         for cl in (False, True):
-            core.append((f"cuda: 16/8/4/2-byte aligned rows agree bit for bit, bfloat16{' cl' if cl else ''}",
+            widths.append((f"cuda: 16/8/4/2-byte aligned rows agree bit for bit, bfloat16{' cl' if cl else ''}",
                          partial(t.test_cuda_ext.test_load_widths_agree_bit_for_bit, torch.bfloat16, cl)))  # fmt: skip
 
     agrees = tb.test_score_agrees_with_the_torch_backend
@@ -227,7 +228,7 @@ def checks(case, device: torch.device) -> list[tuple[str, Callable[[], None]]]:
             ("cuda: opcheck of the extension's ops", test_cuda_ext.test_opcheck_cuda),
             ("cuda: agrees with triton, channels_last bf16", partial(test_cuda_ext.test_agrees_with_triton, True)),
         ]
-    return core + model_checks + rest
+    return core + model_checks + widths + rest
 
 
 # Under the Triton interpreter (the dry run) these take seconds each and add no code path the others miss.

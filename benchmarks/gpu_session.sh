@@ -173,7 +173,10 @@ if ((!dry)); then
 fi
 record env passed $((SECONDS - t0)) - "$mode"
 
-# --- build: in the background from the start; oracle_triton needs no extension, so the two overlap
+# --- build: in the background from the start; oracle_triton needs no extension, so the two overlap.
+# A build killed by its time box leaves torch's lock file behind (the folder survives on a warm machine),
+# and the next build would wait on it for its whole budget: nothing else builds here, so remove it.
+rm -f "$TORCH_EXTENSIONS_DIR"/*/lock
 build_start=$(date +%s)
 (
   rc=0

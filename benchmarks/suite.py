@@ -272,10 +272,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
         rows += measure_config(cfg, args, device, meta)
         if device.type == "cuda":
             torch.cuda.empty_cache()
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps(rows, indent=1))  # the measurements first (time boxes)
     if device.type == "cuda":
         join_predictions(rows, configs)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps(rows, indent=1))
+        (args.out / "results.json").write_text(json.dumps(rows, indent=1))
     date = datetime.date.today().isoformat()
     markdown = report.markdown(rows, meta, date, quick)
     (args.out / "results.md").write_text(markdown)

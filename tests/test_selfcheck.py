@@ -559,3 +559,100 @@ def test_triton_kernels_pass_and_change_no_bit(monkeypatch):
         monkeypatch.setattr(selfcheck, "SLICE_ELEMENTS_CPU", budget)
         assert all(v is None for v in selfcheck.verdicts().values())
         score_on_and_off(monkeypatch, "triton", ["conv_bn_relu", "token_mlp"])
+
+
+NO_TRITON = why_unavailable("triton", CPU)
+
+
+def variant_inputs():
+    """(name, tensor, channel dim): each Triton kernel design the launchers pick between."""
+    bf16 = torch.bfloat16
+    yield "bf16 NCHW 56x56 (tiled)", torch.randn(2, 16, 56, 56).to(bf16), 1
+    yield "bf16 NCHW 14x14 (rows R=4)", torch.randn(3, 8, 14, 14).to(bf16), 1
+    yield "bf16 NCHW 7x7 (rows R=8)", torch.randn(3, 32, 7, 7).to(bf16), 1
+    yield "bf16 NCHW 7x7, C=136 (rows R=8, fewer channels in the slice)", torch.randn(3, 136, 7, 7).to(bf16), 1
+    yield "fp32 channel slice (tiled; a dense copy would take row groups)", torch.randn(4, 128, 9, 7)[:, :64], 1
+    yield "bf16 channels_last", torch.randn(3, 24, 7, 7).to(bf16).contiguous(memory_format=torch.channels_last), 1
+    yield "bf16 [N, T, C]", torch.randn(3, 9, 300).to(bf16), 2
+
+
+@pytest.mark.skipif(NO_TRITON is not None, reason=str(NO_TRITON))
+@pytest.mark.parametrize("budget", [selfcheck.SLICE_ELEMENTS_CPU, 64])
+def test_the_slice_runs_the_real_calls_triton_kernel_variant(monkeypatch, budget):
+    """For the Triton backend the slice runs the kernel design (row groups or tiled) and compile-time
+    parameters of the real call, also when the budget keeps few channels; the designs are distinct cases."""
+    from rgprune_fast.backends.triton import TritonBackend
+
+    monkeypatch.setattr(selfcheck, "SLICE_ELEMENTS_CPU", budget)
+    b = TritonBackend()
+    seen = {}
+    for name, t, cd in variant_inputs():
+        for op, out in (("channel_stats", False), ("relu_stats", True), ("relu_stats", False)):
+            real = selfcheck._kernel_variant(b, op, (t, t), cd, out)
+            sliced = selfcheck._slices(b, op, (t, t), cd, real, out)
+            assert selfcheck._kernel_variant(b, op, sliced, cd, out) == real, (name, op)
+            assert sliced[0].shape[0] <= 2 and all(
+                torch.equal(s, t[: s.shape[0]].narrow(cd, 0, s.shape[cd])) for s in sliced
+            )
+        seen[name] = selfcheck._kernel_variant(b, "channel_stats", (t, t), cd, False)
+    assert [v[0] for v in seen.values()] == ["tiled", "rows", "rows", "rows", "tiled", "tiled", "tiled"]
+    assert len({seen[k] for k in list(seen)[:3]}) == 3  # 56x56, 14x14, 7x7: three cases
+
+
+class WrongInRowGroups(Fake):
+    """Triton-like: tells its kernel variants through the Triton backend's hook, and is wrong only in
+    its row-group variant."""
+
+    def __init__(self):
+        from rgprune_fast.backends.triton import TritonBackend
+
+        super().__init__()
+        self._triton = TritonBackend()
+
+    def kernel_variant(self, op, *tensors, channel_dim=1):
+        return self._triton.kernel_variant(op, *tensors, channel_dim=channel_dim)
+
+    def broken(self, op, x, **flags):
+        return "wrong" if self.kernel_variant(op, x, x)[0] == "rows" else None
+
+
+@pytest.mark.skipif(NO_TRITON is not None, reason=str(NO_TRITON))
+def test_distinct_kernel_variants_get_distinct_verdicts():
+    """A tiled call passing does not vouch for the row-group kernel of the same dtype and layout kind,
+    nor the row-group call for a channel slice of the same tensor (tiled)."""
+    b = selfcheck.wrap(WrongInRowGroups())
+    tiled, rows = pair(2, 8, 56, 56, dtype=torch.bfloat16), pair(2, 8, 7, 7, dtype=torch.bfloat16)
+    with no_warning():
+        assert torch.equal(b.channel_stats(*tiled, 1), TORCH.channel_stats(*tiled, 1))
+    with pytest.warns(KernelSelfCheckWarning) as record:
+        assert torch.equal(b.channel_stats(*rows, 1), TORCH.channel_stats(*rows, 1))  # torch serves
+    assert "kernel variant ('rows', 8" in one_warning(record)
+    with no_warning():
+        channel_slice = tuple(t[:, :4] for t in rows)  # tiled: the kernel serves it
+        assert torch.equal(b.channel_stats(*channel_slice, 1), b.inner.channel_stats(*channel_slice, 1))
+    assert sorted(v is None for v in selfcheck.verdicts().values()) == [False, True, True]
+
+
+def test_lookups_do_not_wait_for_a_running_check():
+    entered, release = threading.Event(), threading.Event()
+
+    class Slow(Fake):
+        def broken(self, op, x, **flags):
+            if x.shape[1] == 7:  # the second case: its check blocks until released
+                entered.set()
+                release.wait(30)
+
+    b = selfcheck.wrap(Slow())
+    judged, slow = pair(2, 5, 4), pair(2, 7, 4)
+    b.channel_stats(*judged, 1)
+    checking = threading.Thread(target=b.channel_stats, args=(*slow, 1))
+    checking.start()
+    try:
+        assert entered.wait(30)
+        looked_up = threading.Thread(target=b.channel_stats, args=(*judged, 1))
+        looked_up.start()
+        looked_up.join(5)
+        assert not looked_up.is_alive(), "a judged signature waited for another case's check"
+    finally:
+        release.set()
+        checking.join()

@@ -50,7 +50,7 @@ def check_all_ops(x, dx, channel_dim=1, split=0):
                 view = [1, -1] + [1] * (x.dim() - 2)
                 expected = (dx.cpu().to(acc) * scale.to(acc).view(view)).to(dx.dtype)
                 assert torch.equal(dz.cpu(), expected)
-                assert dz.stride() == dx.stride()
+                assert dz.stride() == torch.empty_like(dx).stride()  # dx's layout (dense when dx is not)
     r = torch.relu(x)
     for upper in (None, 6.0):
         for need_dx in (True, False):
@@ -145,6 +145,24 @@ def tiled_cases():
         1, 2), -1, 0  # fmt: skip
 
 
+# x and dx in different layouts: the alignment is declared for every tensor the kernel touches (the
+# output follows dx), so one tensor with a unit or odd stride where another has a multiple must lower it.
+def mixed_cases():
+    x = torch.randn(2, 24, 14, 14)
+    yield "fp32 x NCHW, dx channels_last", x, torch.randn(2, 24, 14, 14).contiguous(memory_format=torch.channels_last)
+    yield "fp32 x channels_last, dx NCHW", x.contiguous(memory_format=torch.channels_last), torch.randn_like(x)
+    yield "fp32 x NCHW, dx a channel slice", x, torch.randn(2, 30, 14, 14)[:, 3:27]
+    yield "fp32 x NCHW, dx expanded over positions", x, torch.randn(2, 24, 1, 1).expand(2, 24, 14, 14)
+    bf = torch.randn(2, 24, 7, 7).to(torch.bfloat16)
+    yield "bf16 x contiguous 7x7 (rows), dx channels_last", bf, bf.contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("case", list(mixed_cases()), ids=lambda c: c[0])
+def test_mixed_layouts(poisoned, case):
+    _, x, dx = case
+    check_all_ops(x.to(DEVICE), dx.to(DEVICE))
+
+
 @pytest.mark.parametrize("case", list(tiled_cases()), ids=lambda c: c[0])
 def test_tiled_alignment_declarations(poisoned, case):
     from rgprune_fast.backends.triton import common
@@ -174,3 +192,30 @@ def test_alignment_is_the_largest_power_of_two_up_to_16():
 
     assert alignment(196) == 4 and alignment(49) == 1 and alignment(3136, 196) == 4 and alignment(64) == 16
     assert alignment() == 16 and alignment(0) == 16 and alignment(24, 40) == 8
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_an_empty_batch_through_every_op(dtype):
+    """N = 0: no rows, so no row-group plan (its grid would divide by zero); the tiled path returns
+    empty results, as the torch backend does."""
+    from rgprune_fast.backends.torch_ref import TorchBackend
+    from rgprune_fast.backends.triton import TritonBackend, common
+
+    x = torch.randn(0, 16, 7, 7).to(dtype).to(DEVICE)
+    dx = torch.randn_like(x)
+    assert common.row_groups((common.as_ncp(x, 1),)) is None
+    triton_b, torch_b = TritonBackend(), TorchBackend()
+    p = torch.rand(16, device=DEVICE) + 0.5
+
+    def same(a, b):
+        assert (a is None) == (b is None)
+        if a is not None:
+            assert a.shape == b.shape and a.dtype == b.dtype
+
+    same(triton_b.channel_stats(x, dx, 1), torch_b.channel_stats(x, dx, 1))
+    for need in (True, False):
+        for a, b in zip(triton_b.batchnorm_stats(x, dx, p, p, p, need), torch_b.batchnorm_stats(x, dx, p, p, p, need)):
+            same(a, b)
+        for upper in (None, 6.0):
+            for a, b in zip(triton_b.relu_stats(x, dx, upper, 1, need), torch_b.relu_stats(x, dx, upper, 1, need)):
+                same(a, b)

@@ -3,23 +3,28 @@ backend on the machine at hand.
 
 Why: the fused backends (``"triton"``, ``"cuda"``, ``"cpp"``) are tested on the machines CI has. On a
 GPU, driver, compiler or Triton version nobody tested, a kernel may fail to compile, fail to launch or,
-worst, compute wrong numbers, and every score after it would be wrong although the pure-PyTorch
-backend would have served. So rgprune_fast is never worse than the torch backend: the first time a
-kernel runs for a *case* (backend, device, op, the variant its flags select, the inputs' dtypes and
-layout classes), it first runs on a small slice of the real inputs (at most 2 examples, every
-position, every channel within 2M elements (256K on CPU), else 112-127 or 16-31 channels:
-:func:`_few_channels`) next to :class:`~.torch_ref.TorchBackend`. An exception, or a result beyond
-the tolerance below, gives one :class:`~rgprune_fast.errors.KernelSelfCheckWarning` naming the case and
-what went wrong, and that case is served by the torch backend for the rest of the process. Passing
-cases are remembered and never checked again: one extra small call per case per process. The real call
-is the kernel's own, unchanged, so scores are bit-identical with and without the check.
+worst, compute wrong numbers, and every score after it would be wrong although the pure-PyTorch backend
+would have served. So rgprune_fast is never worse than the torch backend: the first time a kernel runs
+for a *case* (backend, device, op, the variant its flags select, the kernel variant the backend reports
+through its optional ``kernel_variant`` hook (Triton: row groups or tiled, with their compile-time
+parameters), the inputs' dtypes and layout classes), it first runs on a small slice of the real inputs
+(at most 2 examples, every position, every channel within 2M elements (256K on CPU), else 112-127 or
+16-31 channels: :func:`_few_channels`) next to :class:`~.torch_ref.TorchBackend`. An exception, or a
+result beyond the tolerance below, gives one :class:`~rgprune_fast.errors.KernelSelfCheckWarning` naming
+the case and what went wrong, and that case is served by the torch backend for the rest of the process.
+Passing cases are remembered and never checked again: one extra small call per case per process. The
+real call is the kernel's own, unchanged, so scores are bit-identical with and without the check.
 
-The slice keeps the layout class (:func:`layout_class`): inputs whose positions are dense are copied
-in their own dim order (channels_last stays channels_last, ``[N, T, C]`` stays channel-last, NCHW stays
-contiguous) at their storage offset modulo 16; other strides are sliced as a view. Every position is
-kept and every channel when that is cheap, else a channel count congruent to the real one modulo 16 in
-the same power-of-two bucket up to 128, so a kernel that picks its variant, tiles or vector width from
-the counts, the strides or the alignment runs the same one as on the real inputs.
+The slice keeps the layout class (:func:`layout_class`): dense inputs are copied in their own dim
+order (channels_last stays channels_last, ``[N, T, C]`` stays channel-last, NCHW stays contiguous) at
+their storage offset modulo 16; gapped ones (channel slices, other strides) are sliced as a view, gaps
+included. Every position is kept and every channel when that is cheap, else a channel count congruent
+to the real one modulo 16 in the same power-of-two bucket up to 128. For a backend with the
+``kernel_variant`` hook the slice is made to run the real call's kernel variant: the first of (few
+channels, every channel) x (copy, view) whose variant matches is checked, else the real inputs
+themselves (:func:`_slices`; that check costs one more full kernel call plus the torch reference's
+temporaries, a few statistics-dtype copies of the inputs, once per case). Without the hook the slice
+is only likely to run the same variant.
 ``fold_criteria`` is checked on copies of a slice of the running sums: the real sums are updated once.
 
 Tolerance, per element of ``s`` (the sum over ``L`` positions of terms ``t = x * dx``)::
@@ -39,17 +44,18 @@ the input dtype: ``|kernel - torch| <= eps(dtype) |torch|`` (one rounding). The 
 mismatch; two NaNs, or equal infinities, agree. On random data a kernel off by 1 % (float32) or 10 %
 (bfloat16) over a few thousand positions is caught; smaller errors may pass.
 
-``RGPRUNE_NO_SELFCHECK=1`` skips the checks: it is read whenever a case not yet judged comes up, and
-the kernel then serves that call (a case judged before keeps its verdict). Not checked, and served by
-the kernel: tensor subclasses (FakeTensor, ...), meta tensors, empty inputs, calls while
-``torch.compile`` traces or a CUDA graph captures. The verdicts are per-process state behind a lock,
-found on later calls through the inputs' exact signature (shape, strides, dtype, device) in a few
-microseconds; :func:`reset` forgets them (for tests). :func:`verdicts` lists them.
+``RGPRUNE_NO_SELFCHECK=1`` skips the checks: it is read whenever a case not yet judged comes up, and the
+kernel then serves that call (a case judged before keeps its verdict). Not checked, and served by the
+kernel: tensor subclasses (FakeTensor, ...), meta tensors, empty inputs, calls while ``torch.compile``
+traces or a CUDA graph captures. The verdicts are per-process state, found on later calls through the
+inputs' exact signature (shape, strides, dtype, device) in a few microseconds behind a lock that is
+never held during a check (checks run one at a time under a second lock); :func:`reset` forgets them
+(for tests). :func:`verdicts` lists them.
 
-Not covered: a kernel that fails only at sizes the slice does not reach (many examples or channels; on
-a GPU the slice may also take another position split), and a CUDA error that poisons the context (the
-torch backend cannot run after it either).
-"""
+Not covered: a kernel that fails only at sizes the slice does not reach (many examples or channels), or
+only when it splits positions and the slice's split differs from the real call's (the kernel variant
+leaves the split out), and a CUDA error that poisons the context (the torch backend cannot run after it
+either)."""
 
 from __future__ import annotations
 
@@ -75,7 +81,8 @@ MAX_SIGNATURES = 4096  # remembered input signatures (a cache in front of the ve
 _LOW_PRECISION = (torch.bfloat16, torch.float16)
 _TORCH = TorchBackend()
 
-_lock = threading.Lock()
+_lock = threading.Lock()  # the two dicts below; held for lookups and updates only, never during a check
+_check_lock = threading.Lock()  # held while a check runs (it may compile for seconds): one check at a time
 _verdicts: dict[tuple, str | None] = {}  # case -> None (the kernel passed) or what went wrong (torch serves)
 _by_signature: dict[tuple, bool] = {}  # exact input signature -> whether the kernel serves it
 
@@ -127,14 +134,14 @@ class SelfCheckedBackend(ReductionBackend):
     def batchnorm_stats(self, z, dy, mean, scale, shift, need_dz):
         variant = (("need_dz", bool(need_dz)), ("params", tuple(_dtype_of(v) for v in (mean, scale, shift))))
         args = (z, dy, mean, scale, shift, need_dz)
-        if self._use_kernel("batchnorm_stats", variant, (z, dy), 1, _check_batchnorm_stats, *args):
+        if self._use_kernel("batchnorm_stats", variant, (z, dy), 1, _check_batchnorm_stats, *args, out=need_dz):
             return self.inner.batchnorm_stats(*args)
         return _TORCH.batchnorm_stats(*args)
 
     def relu_stats(self, r, dr, upper, channel_dim, need_dx):
         variant = (("relu6", upper is not None), ("need_dx", bool(need_dx)))
         args = (r, dr, upper, channel_dim, need_dx)
-        if self._use_kernel("relu_stats", variant, (r, dr), channel_dim, _check_relu_stats, *args):
+        if self._use_kernel("relu_stats", variant, (r, dr), channel_dim, _check_relu_stats, *args, out=need_dx):
             return self.inner.relu_stats(*args)
         return _TORCH.relu_stats(*args)
 
@@ -146,10 +153,12 @@ class SelfCheckedBackend(ReductionBackend):
         else:
             _TORCH.fold_criteria(s, batch, sums)
 
-    def _use_kernel(self, op: str, variant: tuple, tensors: tuple, channel_dim: int, check, *args) -> bool:
-        """Whether the kernel serves this call. The first call of a case checks it (under the lock, so
-        each case is checked and warned about once) and the verdict is kept; later calls find it through
-        the inputs' exact signature (dtype, device, shape, strides, offset), without classifying them."""
+    def _use_kernel(self, op: str, variant: tuple, tensors: tuple, channel_dim: int, check, *args, out=False) -> bool:
+        """Whether the kernel serves this call. The first call of a case checks it (one check at a time,
+        so each case is checked and warned about once) and the verdict is kept; later calls find it
+        through the inputs' exact signature (dtype, device, shape, strides, offset), without classifying
+        them and without waiting for a check of another case. ``out``: the op also writes a tensor like
+        ``tensors[-1]`` (``dz`` / ``dx``)."""
         if op not in self._fused:
             return True
         for t in tensors:
@@ -162,27 +171,37 @@ class SelfCheckedBackend(ReductionBackend):
             known = _by_signature.get(signature)
         if known is not None:
             return known
-        return self._judge(signature, op, variant, tensors, channel_dim, lambda: check(self.inner, *args))
+        return self._judge(signature, op, variant, tensors, channel_dim, out, lambda s: check(self.inner, s, *args))
 
-    def _judge(self, signature: tuple, op: str, variant: tuple, tensors: tuple, channel_dim: int, check) -> bool:
+    def _judge(self, signature, op: str, variant: tuple, tensors: tuple, channel_dim: int, out: bool, check) -> bool:
         if not enabled():
             return True  # read at check time; nothing is remembered, so unsetting it checks again
-        if not _checkable(tensors, channel_dim):
-            verdict, problem, key = True, None, None
-        else:
-            key = (*self._identity, op, tensors[0].device, variant) + tuple(
+        key = problem = None
+        if _checkable(tensors, channel_dim):
+            kernel = _kernel_variant(self.inner, op, tensors, channel_dim, out)
+            key = (*self._identity, op, tensors[0].device, variant, kernel) + tuple(
                 (t.dtype, layout_class(t, channel_dim)) for t in tensors
             )
+            with _lock:
+                judged = key in _verdicts
+                problem = _verdicts.get(key)
+            if judged:
+                key = None  # judged already (another signature of the same case): no warning
+            else:
+                with _check_lock:
+                    with _lock:
+                        judged = key in _verdicts
+                        problem = _verdicts.get(key)
+                    if judged:
+                        key = None  # another thread judged it while this one waited
+                    elif _tracing():
+                        return True
+                    else:
+                        problem = check(lambda ts, cd: _slices(self.inner, op, ts, cd, kernel, out))
+                        with _lock:
+                            _verdicts[key] = problem
+        verdict = problem is None
         with _lock:
-            if key is not None:
-                if key in _verdicts:
-                    problem = _verdicts[key]
-                    key = None  # judged already (another signature of the same case): no warning
-                elif _tracing():
-                    return True
-                else:
-                    problem = _verdicts[key] = check()
-                verdict = problem is None
             if len(_by_signature) >= MAX_SIGNATURES:
                 _by_signature.clear()
             _by_signature[signature] = verdict
@@ -192,32 +211,64 @@ class SelfCheckedBackend(ReductionBackend):
         return verdict
 
 
+def _kernel_variant(backend: ReductionBackend, op: str, tensors: tuple, channel_dim: int, out: bool):
+    """``backend.kernel_variant(op, *tensors, channel_dim=...)``: which of its kernel designs (and their
+    compile-time parameters) the backend would run on ``tensors`` (then a meta stand-in for the output
+    ``out`` says it writes), or None where the backend does not tell (no such hook, or it raised)."""
+    hook = getattr(backend, "kernel_variant", None)
+    if hook is None:
+        return None
+    if out:
+        tensors = (*tensors, torch.empty_like(tensors[-1], device="meta"))
+    try:
+        return hook(op, *tensors, channel_dim=channel_dim)
+    except Exception:  # noqa: BLE001 - the check itself will see what the kernel does with them
+        return None
+
+
 # --- the case ----------------------------------------------------------------------------------------
 
 
 def layout_class(t: torch.Tensor, channel_dim: int) -> tuple:
-    """``(kind, ndim, channel dim, alignment)`` of ``t``: kind is ``"flat"`` (no positions of size > 1),
-    ``"channels_first"`` (positions collapse to one run of stride 1: NCHW, ``[N, C, L]``, channel
+    """``(kind, ndim, channel dim, alignment, dense)`` of ``t``: kind is ``"flat"`` (no positions of size
+    > 1), ``"channels_first"`` (positions collapse to one run of stride 1: NCHW, ``[N, C, L]``, channel
     slices), ``"channels_last"`` (positions collapse, channels of stride 1: NHWC, ``[N, T, C]``) or
     ``"strided"`` (neither: the kernels copy first); alignment is the largest power of two up to 16
-    dividing the channel and position counts, the strides and the storage offset."""
+    dividing, in bytes, the contiguous run (the positions for channels-first and strided, else the
+    channels), every stride other than 1 (of dims of size > 1) and the storage offset; dense is whether
+    the elements fill one block without gaps (a channel slice has gaps)."""
     cd = channel_dim % t.dim()
     positions = [d for d in range(1, t.dim()) if d != cd and t.shape[d] != 1]
     channels, count = t.shape[cd], 1
     for d in positions:
         count *= t.shape[d]
-    align = _alignment(channels, count, t.storage_offset(), *(t.stride(d) for d in range(t.dim()) if t.shape[d] != 1))
     if not positions:
-        return "flat", t.dim(), cd, align
-    ordered = sorted(positions, key=lambda d: -t.stride(d))
-    chained = all(t.stride(a) == t.stride(b) * t.shape[b] for a, b in zip(ordered, ordered[1:]))
-    if chained and t.stride(ordered[-1]) == 1:
-        kind = "channels_first"
-    elif chained and (channels == 1 or t.stride(cd) == 1):
-        kind = "channels_last"
+        kind = "flat"
     else:
-        kind = "strided"
-    return kind, t.dim(), cd, align
+        ordered = sorted(positions, key=lambda d: -t.stride(d))
+        chained = all(t.stride(a) == t.stride(b) * t.shape[b] for a, b in zip(ordered, ordered[1:]))
+        if chained and t.stride(ordered[-1]) == 1:
+            kind = "channels_first"
+        elif chained and (channels == 1 or t.stride(cd) == 1):
+            kind = "channels_last"
+        else:
+            kind = "strided"
+    run = channels if kind in ("flat", "channels_last") else count
+    strides = [t.stride(d) for d in range(t.dim()) if t.shape[d] != 1 and t.stride(d) != 1]
+    size = t.element_size()
+    align = _alignment(*(v * size for v in (run, t.storage_offset(), *strides)))
+    return kind, t.dim(), cd, align, _dense(t)
+
+
+def _dense(t: torch.Tensor) -> bool:
+    """Whether ``t``'s elements fill one block of storage (any dim order), without gaps or overlaps."""
+    dims = sorted((d for d in range(t.dim()) if t.shape[d] != 1), key=lambda d: t.stride(d))
+    step = 1
+    for d in dims:
+        if t.stride(d) != step:
+            return False
+        step *= t.shape[d]
+    return True
 
 
 def _alignment(*values: int) -> int:
@@ -254,11 +305,13 @@ def _message(name: str, op: str, key: tuple, tensors: tuple, channel_dim: int, p
     dtypes = "/".join(dict.fromkeys(str(t.dtype).removeprefix("torch.") for t in tensors))
     layouts = []
     for t in tensors:
-        kind, ndim, cd, align = layout_class(t, channel_dim)
-        layouts.append(f"{kind} {ndim}-d (channel dim {cd}, {align}-aligned)")
+        kind, ndim, cd, align, dense = layout_class(t, channel_dim)
+        layouts.append(f"{kind} {ndim}-d (channel dim {cd}, {align}-byte aligned, {'dense' if dense else 'gapped'})")
     layout = " / ".join(dict.fromkeys(layouts))
     variant = ", ".join(f"{k}={v}" for k, v in key[4] if k not in ("params", "sums_dtype"))
     variant = f" [{variant}]" if variant else ""
+    if key[5] is not None:
+        variant += f" (kernel variant {key[5]})"
     return (
         f"rgprune_fast: the {name!r} backend's {op}{variant} kernel failed its self-check against the torch "
         f"backend on {tensors[0].device}, {dtypes}, layout {layout}: {problem}. That case uses the torch backend "
@@ -281,15 +334,16 @@ def _few_channels(c: int, per_channel: int, device: torch.device) -> int:
     return min(c, 16 + c % 16)
 
 
-def _slice(t: torch.Tensor, channel_dim: int) -> torch.Tensor:
-    """The first examples and channels of ``t`` in its layout class: for a dense-in-positions class, a
-    dense copy with ``t``'s dim order (channels_last stays ``is_contiguous(channels_last)``) at ``t``'s
-    storage offset modulo 16; for ``"strided"``, a view (same strides and gaps)."""
+def _slice(t: torch.Tensor, channel_dim: int, every_channel: bool = False, copy: bool = True) -> torch.Tensor:
+    """The first examples and channels (``every_channel``: all of them) of ``t`` in its layout class:
+    for a dense ``t`` (``copy``), a dense copy with ``t``'s dim order (channels_last stays
+    ``is_contiguous(channels_last)``) at ``t``'s storage offset modulo 16; else a view (same strides,
+    offset and gaps)."""
     cd = channel_dim % t.dim()
     examples = min(t.shape[0], SLICE_EXAMPLES)
-    channels = _few_channels(t.shape[cd], examples * _positions(t, cd), t.device)
+    channels = t.shape[cd] if every_channel else _few_channels(t.shape[cd], examples * _positions(t, cd), t.device)
     view = t.narrow(0, 0, examples).narrow(cd, 0, channels)
-    if layout_class(t, cd)[0] == "strided":
+    if not copy or not _dense(t):
         return view
     order = sorted(range(t.dim()), key=lambda d: -t.stride(d))  # outermost first; stable for ties
     strides, step = [0] * t.dim(), 1
@@ -299,6 +353,18 @@ def _slice(t: torch.Tensor, channel_dim: int) -> torch.Tensor:
     offset = t.storage_offset() % MAX_ALIGN
     out = torch.empty(offset + step, dtype=t.dtype, device=t.device).as_strided(view.shape, strides, offset)
     return out.copy_(view)
+
+
+def _slices(backend: ReductionBackend, op: str, tensors: tuple, channel_dim: int, kernel, out: bool) -> tuple:
+    """Slices of ``tensors`` on which ``backend`` runs the kernel variant ``kernel`` it runs on the real
+    inputs: the first of (few channels, every channel) x (:func:`_slice`'s copy, a view) that keeps it,
+    else the real inputs themselves (the check then costs a full call and the reference's temporaries)."""
+    for every_channel in (False, True):
+        for copy in (True, False):
+            sliced = tuple(_slice(t, channel_dim, every_channel, copy) for t in tensors)
+            if kernel is None or _kernel_variant(backend, op, sliced, channel_dim, out) == kernel:
+                return sliced
+    return tensors
 
 
 def _positions(t: torch.Tensor, channel_dim: int) -> int:
@@ -371,8 +437,8 @@ def _check_grad(what: str, out, ref) -> str | None:
     return _mismatch(what, out, ref, torch.finfo(ref.dtype).eps, 0.0)
 
 
-def _check_channel_stats(inner: ReductionBackend, x, dx, channel_dim) -> str | None:
-    xs, ds = _slice(x, channel_dim), _slice(dx, channel_dim)
+def _check_channel_stats(inner: ReductionBackend, slices, x, dx, channel_dim) -> str | None:
+    xs, ds = slices((x, dx), channel_dim)
 
     def reference():
         acc = stat_dtype(x.dtype)
@@ -388,8 +454,8 @@ def _check_channel_stats(inner: ReductionBackend, x, dx, channel_dim) -> str | N
         return _raised(e)
 
 
-def _check_batchnorm_stats(inner: ReductionBackend, z, dy, mean, scale, shift, need_dz) -> str | None:
-    zs, ds = _slice(z, 1), _slice(dy, 1)
+def _check_batchnorm_stats(inner: ReductionBackend, slices, z, dy, mean, scale, shift, need_dz) -> str | None:
+    zs, ds = slices((z, dy), 1)
     params = []
     for v in (mean, scale, shift):
         if not isinstance(v, torch.Tensor) or v.dim() != 1 or v.shape[0] != z.shape[1]:
@@ -419,8 +485,8 @@ def _check_batchnorm_stats(inner: ReductionBackend, z, dy, mean, scale, shift, n
         return _raised(e)
 
 
-def _check_relu_stats(inner: ReductionBackend, r, dr, upper, channel_dim, need_dx) -> str | None:
-    rs, ds = _slice(r, channel_dim), _slice(dr, channel_dim)
+def _check_relu_stats(inner: ReductionBackend, slices, r, dr, upper, channel_dim, need_dx) -> str | None:
+    rs, ds = slices((r, dr), channel_dim)
 
     def reference():
         dx, s = _TORCH.relu_stats(rs, ds, upper, channel_dim, True)
@@ -449,7 +515,7 @@ def _sliced_sums(sums: RunningSums, channels: int) -> RunningSums:
     return RunningSums(part(sums.s), part(sums.first_bad), part(sums.abs), part(sums.sq), part(sums.batch_sq))
 
 
-def _check_fold_criteria(inner: ReductionBackend, s: torch.Tensor, batch: int, sums: RunningSums) -> str | None:
+def _check_fold_criteria(inner: ReductionBackend, slices, s: torch.Tensor, batch: int, sums: RunningSums) -> str | None:
     if s.dim() != 2 or any(v is not None and v.shape != (s.shape[1],) for v in vars(sums).values()):
         return None  # not the contract's shapes: leave it to the kernel
     ss = s.narrow(1, 0, _few_channels(s.shape[1], s.shape[0], s.device))  # every example: they are summed

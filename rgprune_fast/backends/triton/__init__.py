@@ -46,6 +46,21 @@ class TritonBackend(ReductionBackend):
     def fold_criteria(self, s: torch.Tensor, batch: int, sums: RunningSums) -> None:
         self._fold.fold_criteria(s, batch, sums)
 
+    _VARIANT_OPS = ("channel_stats", "batchnorm_stats", "relu_stats")
+
+    def kernel_variant(self, op: str, *tensors: torch.Tensor, channel_dim: int = 1):
+        """The kernel design ``op``'s launcher picks for ``tensors`` (the inputs, then the output it
+        writes, if any: ``dz`` / ``dx``) and its compile-time parameters (``common.kernel_variant``), or
+        None for ``fold_criteria`` (one design). For the self-check's cases; computed on meta views, so
+        it neither copies nor allocates on the device."""
+        if op not in self._VARIANT_OPS:
+            return None
+        from . import common
+
+        meta = [torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device="meta") for t in tensors]
+        views = tuple(common.as_ncp(t, channel_dim) for t in meta)
+        return common.kernel_variant(views, tensors[0].dtype)
+
 
 def load(device: torch.device) -> TritonBackend:
     """The Triton kernels for ``device``; raises :class:`BackendUnavailableError` saying why not: Triton

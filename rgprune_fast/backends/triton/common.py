@@ -196,7 +196,7 @@ def default_split(programs: int, positions: int, block_p: int, device: torch.dev
     if not sms:
         return 1
     target = 4 * sms
-    if programs >= target:
+    if programs >= target or programs == 0:  # programs == 0: an empty batch, nothing to split
         return 1
     return max(1, min(triton.cdiv(target, programs), triton.cdiv(positions, 4 * block_p)))
 
@@ -224,7 +224,9 @@ class Geometry:
         self.grid = (self.n, blocks, self.split)
         # 16 elements of each tensor per thread at most: 32 kept the BatchNorm kernel's two accumulators and
         # two inputs in 200+ registers (8 resident warps; spills with Triton 3.6)
-        self.num_warps = 8 if self.block_c * self.block_p >= TILE_ELEMENTS else 4
+        # (and at least 8 per thread in small tiles: with 4 warps a 32 x 16 tile read 4 bf16 at a time)
+        tile = self.block_c * self.block_p
+        self.num_warps = 8 if tile >= TILE_ELEMENTS else max(1, min(4, tile // (32 * 8)))
         self.channels_contiguous = channels_contiguous(view)
         self.align = tile_alignment(views, self.p_per_split)
         self.acc = acc_type(dtype)
@@ -253,8 +255,20 @@ class RowGroups:
         programs = min(self.groups, 8 * sms if sms else 4)
         self.groups_per_program = triton.cdiv(self.groups, programs)
         self.grid = (triton.cdiv(self.groups, self.groups_per_program),)
-        # at least 8 consecutive elements per thread: 16-byte loads for 2-byte types
-        self.num_warps = max(1, min(4, self.flat // (32 * 8)))
+        self.num_warps = row_group_warps(self.flat)
+
+
+def row_group_warps(flat: int) -> int:
+    """Warps of a row-group program: at least 8 consecutive elements per thread (16-byte loads for 2-byte
+    types), at most 4 warps."""
+    return max(1, min(4, flat // (32 * 8)))
+
+
+def row_group_fits(r: int, positions: int) -> bool:
+    """Whether ``r`` rows of ``positions`` fit one program: the ``[FLAT, R]`` one-hot within
+    ``ROW_GROUP_CELLS`` and at most 64 cells per thread (more spilled: fp32 BatchNorm, 16 rows of 13)."""
+    flat = triton.next_power_of_2(r * positions)
+    return flat * r <= ROW_GROUP_CELLS and flat * r <= 64 * 32 * row_group_warps(flat)
 
 
 def row_groups(views) -> RowGroups | None:
@@ -263,14 +277,29 @@ def row_groups(views) -> RowGroups | None:
     multiple of the group, or rows too long to stream ``R`` of them through registers."""
     n, c, p = views[0].shape
     row_bytes = [p * v.element_size() for v in views]
-    if p < 2 or all(b % 16 == 0 for b in row_bytes) or not all(v.is_contiguous() for v in views):
+    if p < 2 or n * c == 0 or all(b % 16 == 0 for b in row_bytes) or not all(v.is_contiguous() for v in views):
         return None
     r = max(16 // alignment(b) for b in row_bytes)  # the fewest rows that make an aligned run
-    if c % r or triton.next_power_of_2(r * p) * r > ROW_GROUP_CELLS:
+    if c % r or not row_group_fits(r, p):
         return None
-    while c % (2 * r) == 0 and 2 * r <= 16 and triton.next_power_of_2(2 * r * p) * 2 * r <= ROW_GROUP_CELLS:
+    while c % (2 * r) == 0 and 2 * r <= 16 and row_group_fits(2 * r, p):
         r *= 2
     return RowGroups(n * c, p, r, views[0].device)
+
+
+def kernel_variant(views, dtype: torch.dtype) -> tuple:
+    """Which kernel design the launchers pick for ``views`` (``[N, C, P]`` each, in launch order; meta
+    tensors will do) and its compile-time parameters: ``("rows", R, FLAT, num_warps)`` (:func:`row_groups`)
+    or ``("tiled", BLOCK_C, BLOCK_P, ALIGN, CHANNELS_CONTIGUOUS, num_warps)`` (:class:`Geometry`). The
+    position split is left out: it depends on the batch (a 2-example slice splits where a full batch does
+    not) and changes which positions a program reads, not the kernel; ``ALIGN`` is the same either way
+    (chunks start on 16-position boundaries). Allocates nothing."""
+    plan = row_groups(views)
+    if plan is not None:
+        return "rows", plan.r, plan.flat, plan.num_warps
+    meta = [torch.empty_strided(v.shape, v.stride(), dtype=v.dtype, device="meta") for v in views]
+    geo = Geometry(meta, dtype, 1)
+    return "tiled", geo.block_c, geo.block_p, geo.align, geo.channels_contiguous, geo.num_warps
 
 
 def register(name: str, fn):
