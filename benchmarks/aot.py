@@ -44,14 +44,13 @@ from unittest import mock
 
 import torch
 
-# Representative device per architecture: (multiprocessors, max resident warps, register file, shared
-# memory per SM in bytes, max resident blocks). A100, RTX 3090, RTX 4090, H100 SXM / H200.
-ARCHS = {
-    "sm_80": (108, 64, 65536, 164 * 1024, 32),
-    "sm_86": (82, 48, 65536, 100 * 1024, 16),
-    "sm_89": (128, 48, 65536, 100 * 1024, 24),
-    "sm_90": (132, 64, 65536, 228 * 1024, 32),
-}
+from .aot_cuda import RESNET50, occupancy_warps
+
+# Multiprocessors of a representative device per architecture (the launch heuristics size grids by them):
+# A100, RTX 3090, RTX 4090, H100 SXM / H200. The architectures' limits and the occupancy rules are
+# aot_cuda's, shared by both reports.
+MULTIPROCESSORS = {"sm_80": 108, "sm_86": 82, "sm_89": 128, "sm_90": 132}
+ARCHS = tuple(MULTIPROCESSORS)
 # the tensors streamed through a kernel (read: activations, gradients and, by fold_criteria, s; written:
 # the gradients a fused backward produces) as the kernels name them in tl.load / tl.store
 STREAMED = {"ld": {"x_ptr", "dx_ptr", "z_ptr", "dy_ptr", "r_ptr", "dr_ptr", "s_ptr"}, "st": {"dz_ptr", "dx_ptr", "out"}}
@@ -81,8 +80,6 @@ class Case:
         return torch.empty(self.shape, dtype=DTYPES[self.dtype], memory_format=layout)
 
 
-RESNET50 = [(64, 112), (64, 56), (256, 56), (128, 56), (128, 28), (512, 28), (256, 28), (256, 14), (1024, 14),
-            (512, 14), (512, 7), (2048, 7)]  # fmt: skip
 ODD = [(3, 7), (24, 13), (32, 13, 1)]  # (C, H[, W]): the last, rows of 13: groups of 16 rows, 1 warp
 
 
@@ -260,16 +257,6 @@ def resource_usage(cubin: bytes) -> dict:
     return {k: int(fields[k]) for k in ("REG", "SHARED", "LOCAL", "STACK")}
 
 
-def occupancy_warps(arch: str, regs: int, shared: int, num_warps: int) -> int:
-    """Resident warps per multiprocessor (the CUDA occupancy calculator's rules for these limits)."""
-    _, max_warps, regfile, smem, max_blocks = ARCHS[arch]
-    regs_per_warp = -(-max(regs, 1) * 32 // 256) * 256
-    blocks = min(max_blocks, max_warps // num_warps, regfile // (regs_per_warp * num_warps))
-    if shared:
-        blocks = min(blocks, smem // (shared + 1024))  # 1 KB per block reserved by the driver
-    return blocks * num_warps
-
-
 class Compiler:
     """Compiles each unique specialisation once per architecture and measures it."""
 
@@ -300,7 +287,7 @@ class Compiler:
                 "regs": usage["REG"],
                 "spills": usage["LOCAL"] + usage["STACK"],
                 "shared_bytes": shared,
-                "occupancy_warps": occupancy_warps(arch, usage["REG"], shared, num_warps),
+                "occupancy_warps": occupancy_warps(arch, usage["REG"], 32 * num_warps, shared),
                 "global_loads": len(loads),
                 "vector_loads_128b": sum(bits == 128 for bits in loads),
                 "load_bits": min((b for k, b in streamed if k == "ld"), default=None),
@@ -319,7 +306,7 @@ def triton_rows(archs: list[str], quick: bool = False, progress=print, only: lis
     for arch in archs:
         started = time.monotonic()
         for case in only if only is not None else cases(quick):
-            for launch in record(case, ARCHS[arch][0]):
+            for launch in record(case, MULTIPROCESSORS[arch]):
                 m = compiler.measure(launch, arch)
                 kernel = launch.kernel.__name__
                 allowed_bits, reason = launch.allowed_bits, launch.reason
