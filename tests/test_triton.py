@@ -131,6 +131,8 @@ def test_rgprune_fast_works_without_triton():
         "except rg.BackendUnavailableError as e:\n"
         "    print('unavailable:', e)\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert run.returncode == 0, f"exit {run.returncode}\n{run.stderr[-3000:]}"
+    out = run.stdout
     assert "['0']" in out
     assert "triton is not installed" in out
